@@ -1,0 +1,1 @@
+"""Runtime kit shared by every service: serving, health, telemetry, settings, errors, clients, audio."""

@@ -1,0 +1,42 @@
+"""Client channels for calling other stages: tracing interceptor, message limits, keepalive, retries."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+
+from services.kit.interceptors import ClientTracingInterceptor
+
+_RETRY_POLICY = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{}],
+                "waitForReady": False,
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "0.5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+
+
+def channel(target: str, max_message_bytes: int = 8 * 1024 * 1024) -> grpc.aio.Channel:
+    """An insecure aio channel to ``host:port`` that propagates the trace context."""
+    return grpc.aio.insecure_channel(
+        target,
+        interceptors=[ClientTracingInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.keepalive_time_ms", 20000),
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", _RETRY_POLICY),
+        ],
+    )

@@ -1,0 +1,53 @@
+"""Errors a service raises; the server interceptor turns them into gRPC statuses with the message intact."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class StageError(Exception):
+    """A request failed with a definite gRPC status. ``message`` tells the caller what to fix."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class InvalidArgument(StageError):
+    """The request is malformed: wrong field, order, size or value."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(StageError):
+    """A named thing (voice, tool, session, model) does not exist."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class Unavailable(StageError):
+    """A dependency is down; retry later."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class Unimplemented(StageError):
+    """The RPC exists but this profile does not serve it."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class FailedPrecondition(StageError):
+    """The system is not in a state to serve the request (e.g. draining)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class DeadlineExceeded(StageError):
+    """The work did not finish in time."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED

@@ -1,0 +1,128 @@
+"""``GrpcServer``: one grpc.aio server with health, reflection, interceptors, warm-up and SIGTERM drain.
+
+Usage in a service's ``__main__``::
+
+    server = GrpcServer("vad", settings, [ServiceSpec(VAD_DESCRIPTOR_NAME, add_fn, servicer)], warmup=backend.warmup)
+    asyncio.run(server.serve_forever())
+
+Health reports NOT_SERVING for "" and every service name until ``warmup`` returns, SERVING after, and
+NOT_SERVING again as soon as a drain starts. Tests call ``await server.start()`` (returns the bound port) and
+``await server.stop()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.kit import telemetry
+from services.kit.interceptors import ServerInterceptor
+from services.kit.settings import ServiceSettings
+
+log = structlog.get_logger("stepaudio.server")
+
+
+@dataclass
+class ServiceSpec:
+    """A servicer and how to register it."""
+
+    full_name: str
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    servicer: Any
+
+
+def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    """Channel options shared by servers: message size limits and keepalive that tolerates idle streams."""
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 20000),
+        ("grpc.keepalive_timeout_ms", 10000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+class GrpcServer:
+    """A service process's gRPC server."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: ServiceSettings,
+        specs: list[ServiceSpec],
+        warmup: Callable[[], Awaitable[None]] | None = None,
+        on_drain: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.specs = specs
+        self._warmup = warmup
+        self._on_drain = on_drain
+        self.telemetry = telemetry.setup(f"stepaudio-{name}", settings)
+        self.health = health.aio.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self._stopped = asyncio.Event()
+
+    async def _set_health(self, status: int) -> None:
+        for svc in ["", *(s.full_name for s in self.specs)]:
+            await self.health.set(svc, status)
+
+    async def start(self) -> int:
+        """Bind, start serving (NOT_SERVING until warm-up ends), run warm-up, return the port."""
+        self.server = grpc.aio.server(
+            interceptors=[ServerInterceptor(self.name, self.settings.auth_token)],
+            options=server_options(self.settings.max_message_bytes),
+        )
+        for spec in self.specs:
+            spec.add_to_server(spec.servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [s.full_name for s in self.specs] + [health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        await self.server.start()
+        log.info("listening", port=self.port, profile=self.settings.profile)
+        if self._warmup is not None:
+            await self._warmup()
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", port=self.port)
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: report NOT_SERVING, let live RPCs finish for ``grace`` seconds, then stop."""
+        if self.server is None:
+            return
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._on_drain is not None:
+            await self._on_drain()
+        await self.server.stop(self.settings.drain_grace_s if grace is None else grace)
+        self.telemetry.shutdown()
+        self._stopped.set()
+
+    async def serve_forever(self) -> None:
+        """Start, then wait for SIGTERM/SIGINT and drain."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        await stop.wait()
+        log.info("draining", grace_s=self.settings.drain_grace_s)
+        await self.stop()
+        log.info("stopped")
+
+
+def run(server: GrpcServer) -> None:
+    """Entry point helper for ``__main__`` modules."""
+    asyncio.run(server.serve_forever())

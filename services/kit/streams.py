@@ -1,0 +1,36 @@
+"""Helpers for config-first request streams (Riva / Cloud Speech style)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from services.kit.errors import InvalidArgument
+
+
+async def config_first(
+    requests: AsyncIterator[Any], oneof: str = "payload", config_field: str = "config"
+) -> tuple[Any, AsyncIterator[Any]]:
+    """Read the first message, which must set ``config_field``; return it and an iterator over the rest.
+
+    The rest yields each message's payload field name and value; a second config is INVALID_ARGUMENT.
+    """
+    it = requests.__aiter__()
+    try:
+        first = await it.__anext__()
+    except StopAsyncIteration:
+        raise InvalidArgument(f"empty stream: send a message with '{config_field}' first") from None
+    kind = first.WhichOneof(oneof)
+    if kind != config_field:
+        raise InvalidArgument(f"the first message must carry '{config_field}', got '{kind or 'nothing'}'")
+
+    async def rest() -> AsyncIterator[Any]:
+        async for msg in it:
+            k = msg.WhichOneof(oneof)
+            if k == config_field:
+                raise InvalidArgument(f"'{config_field}' may only be sent once, as the first message")
+            if k is None:
+                raise InvalidArgument("empty message: set one of the payload fields")
+            yield k, getattr(msg, k)
+
+    return getattr(first, config_field), rest()
