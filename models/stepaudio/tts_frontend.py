@@ -1,0 +1,218 @@
+"""Step-Audio-TTS-3B prompt building and instruction-tag parsing.
+
+Prompt layout (one-shot voice turn, token ids BOS 1, EOT 3, BOT 4)::
+
+    [BOS] [BOT] system\\n{system prompt} [EOT]
+          [BOT] human\\n{prompt transcript} [EOT]
+          [BOT] assistant\\n{prompt audio tokens (65536+X)} [EOT]
+          [BOT] human\\n{target text, tags included} [EOT]
+          [BOT] assistant\\n            -> generation continues with audio tokens
+
+Leading instruction tags in ASCII ``()`` or full-width ``（）`` parentheses, possibly chained, steer emotion,
+language/dialect, speed and music mode. RAP / 哼唱 switch the system prompt, the voice (``{voice}{tag}``) and
+the flow/vocoder weights to the "Music" set.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from models.stepaudio.step1 import BOS_ID, BOT_ID, EOT_ID
+
+EMOTION_TAGS = ("高兴1", "高兴2", "生气1", "生气2", "悲伤1", "撒娇1")
+LANGUAGE_TAGS = ("中文", "英文", "韩语", "日语", "四川话", "粤语", "广东话")
+SPEED_TAGS = ("慢速1", "慢速2", "快速1", "快速2")
+MUSIC_TAGS = ("RAP", "哼唱")
+VALID_TAGS = EMOTION_TAGS + LANGUAGE_TAGS + SPEED_TAGS + MUSIC_TAGS
+TAG_KIND = {
+    **{t: "emotion" for t in EMOTION_TAGS},
+    **{t: "language" for t in LANGUAGE_TAGS},
+    **{t: "speed" for t in SPEED_TAGS},
+    **{t: "music" for t in MUSIC_TAGS},
+}
+
+_TAG_BLOCK = re.compile(r"[（(]([^()（）]*)[）)]")
+
+_TAG_LIST_TEXT = (
+    "# 情感标签涵盖了多种情绪状态，包括但不限于：\n"
+    + "".join(f'- "{t}"\n' for t in EMOTION_TAGS)
+    + "\n# 语种或方言标签包含多种语言或方言，包括但不限于：\n"
+    + "".join(f'- "{t}"\n' for t in LANGUAGE_TAGS)
+    + "\n# 音乐哼唱标签包含多种类型歌曲哼唱，包括但不限于：\n"
+    + "".join(f'- "{t}"\n' for t in MUSIC_TAGS)
+    + "\n# 语音调整标签，包括但不限于：\n"
+    + "".join(f'- "{t}"\n' for t in SPEED_TAGS)
+)
+_HEAD = "作为一名卓越的声优演员，你的任务是根据文本中（）或()括号内标注的情感、语种或方言、音乐哼唱、语音调整等标签，以丰富细腻的情感和自然顺畅的语调来朗读文本。\n"
+SYS_PROMPT_WO_SPK = (
+    _HEAD
+    + _TAG_LIST_TEXT
+    + "\n请在朗读时，根据这些情感标签的指示，调整你的情感、语气、语调和哼唱节奏，以确保文本的情感和意义得到准确而生动的传达，"
+    "如果没有()或（）括号，则根据文本语义内容自由演绎。"
+)
+SYS_PROMPT_WITH_SPK = (
+    _HEAD
+    + _TAG_LIST_TEXT
+    + "\n请在朗读时，使用[{speaker}]的声音，根据这些情感标签的指示，调整你的情感、语气、语调和哼唱节奏，"
+    "以确保文本的情感和意义得到准确而生动的传达，如果没有()或（）括号，则根据文本语义内容自由演绎。"
+)
+SYS_PROMPT_RAP = "请参考对话历史里的音色，用RAP方式将文本内容大声说唱出来。"
+SYS_PROMPT_HUMMING = "请参考对话历史里的音色，用哼唱的方式将文本内容大声唱出来。"
+
+
+class TextEncoder(Protocol):
+    """Anything with ``encode(text) -> token ids`` (the Step1 sentencepiece tokenizer, without BOS)."""
+
+    def encode(self, text: str) -> list[int]:
+        """Encode text to token ids."""
+        ...
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """Parsed leading tags of a TTS request."""
+
+    tags: tuple[str, ...]
+    text: str  # the text after the tags
+    emotion: str | None = None
+    language: str | None = None
+    speed: str | None = None
+    music: str | None = None  # "RAP" | "哼唱" | None
+
+
+def parse_instructions(text: str) -> Instruction:
+    """Parse chained leading ``(tag)`` / ``（tag）`` blocks.
+
+    Raises ValueError naming any unknown tag and listing the valid ones, or when two tags of the same kind
+    conflict (e.g. two emotions).
+    """
+    pos = 0
+    tags: list[str] = []
+    stripped = text.lstrip()
+    while True:
+        m = _TAG_BLOCK.match(stripped, pos)
+        if m is None:
+            break
+        tag = m.group(1).strip()
+        if tag not in TAG_KIND:
+            raise ValueError(
+                f"unknown instruction tag {tag!r}; valid tags are: {', '.join(VALID_TAGS)}"
+            )
+        tags.append(tag)
+        pos = m.end()
+    fields: dict[str, str] = {}
+    for tag in tags:
+        kind = TAG_KIND[tag]
+        if kind in fields and fields[kind] != tag:
+            raise ValueError(f"conflicting {kind} tags {fields[kind]!r} and {tag!r}; use at most one {kind} tag")
+        fields[kind] = tag
+    return Instruction(
+        tags=tuple(tags),
+        text=stripped[pos:],
+        emotion=fields.get("emotion"),
+        language=fields.get("language"),
+        speed=fields.get("speed"),
+        music=fields.get("music"),
+    )
+
+
+def system_prompt(instruction: Instruction, speaker: str | None) -> str:
+    """System prompt text: music prompts for RAP/哼唱, else with/without a named speaker."""
+    if instruction.music == "哼唱":
+        return SYS_PROMPT_HUMMING
+    if instruction.music == "RAP":
+        return SYS_PROMPT_RAP
+    if speaker:
+        return SYS_PROMPT_WITH_SPK.format(speaker=speaker)
+    return SYS_PROMPT_WO_SPK
+
+
+@dataclass(frozen=True)
+class TTSPrompt:
+    """Result of prompt building: the ids to feed Step1 and routing decisions for the rest of the chain."""
+
+    input_ids: list[int]
+    instruction: Instruction
+    voice_key: str  # registry key of the voice whose mel/embedding condition the flow model
+    flow_set: str  # "common" or "music": which CosyVoice-300M-25Hz weights synthesise
+
+
+def _strip_prefix(encoder: TextEncoder, text: str) -> list[int]:
+    """Encode ``text`` as it appears after a newline (tokenise "\\n"+text and drop the "\\n" tokens)."""
+    prefix = encoder.encode("\n")
+    full = encoder.encode("\n" + text)
+    return full[len(prefix) :]
+
+
+def build_prompt(
+    encoder: TextEncoder,
+    text: str,
+    prompt_text: str,
+    prompt_audio_ids: Sequence[int],
+    speaker: str | None = None,
+) -> list[int]:
+    """Assemble TTS-3B input ids.
+
+    ``prompt_audio_ids`` are LLM vocabulary ids (65536 + X) of the voice prompt's interleaved dual tokens;
+    ``speaker`` names a registered voice (None / "" for cloning, which uses the speaker-less system prompt).
+    """
+    instruction = parse_instructions(text)
+    sys_text = system_prompt(instruction, speaker)
+    human = encoder.encode("human\n")
+    assistant = encoder.encode("assistant\n")
+    ids = [BOS_ID, BOT_ID, *encoder.encode(f"system\n{sys_text}"), EOT_ID]
+    ids += [BOT_ID, *human, *_strip_prefix(encoder, prompt_text), EOT_ID]
+    ids += [BOT_ID, *assistant, *[int(i) for i in prompt_audio_ids], EOT_ID]
+    ids += [BOT_ID, *human, *_strip_prefix(encoder, text), EOT_ID]
+    ids += [BOT_ID, *assistant]
+    return ids
+
+
+def plan_registered(encoder: TextEncoder, text: str, voice: str, registry: VoiceLookup) -> TTSPrompt:
+    """Prompt for a registered voice; RAP/哼唱 switch to the voice's music variant ``{voice}{tag}``."""
+    instruction = parse_instructions(text)
+    key = voice
+    if instruction.music:
+        key = f"{voice}{instruction.music}"
+        if key not in registry:
+            raise ValueError(f"voice {voice!r} has no {instruction.music} variant (register {key!r})")
+    elif voice not in registry:
+        raise ValueError(f"unknown voice {voice!r}; registered: {', '.join(sorted(registry.names())) or 'none'}")
+    entry = registry.get(key)
+    ids = build_prompt(encoder, text, entry.prompt_text, entry.prompt_audio_ids, speaker=voice)
+    return TTSPrompt(ids, instruction, key, "music" if instruction.music else "common")
+
+
+def plan_clone(encoder: TextEncoder, text: str, prompt_text: str, prompt_audio_ids: Sequence[int]) -> TTSPrompt:
+    """Prompt for voice cloning from a prompt wav (already tokenised) and its exact transcript."""
+    if not prompt_text.strip():
+        raise ValueError("cloning needs the exact transcript of the prompt audio (prompt_text is empty)")
+    instruction = parse_instructions(text)
+    ids = build_prompt(encoder, text, prompt_text, prompt_audio_ids, speaker=None)
+    return TTSPrompt(ids, instruction, "", "music" if instruction.music else "common")
+
+
+class VoiceEntryLike(Protocol):
+    """What prompt building needs from a voice entry."""
+
+    prompt_text: str
+    prompt_audio_ids: list[int]
+
+
+class VoiceLookup(Protocol):
+    """What prompt building needs from a voice registry."""
+
+    def __contains__(self, name: object) -> bool:
+        """True if the voice is registered."""
+        ...
+
+    def get(self, name: str) -> VoiceEntryLike:
+        """Return the entry."""
+        ...
+
+    def names(self) -> list[str]:
+        """Registered voice names."""
+        ...
