@@ -1,0 +1,383 @@
+{{/*
+Shared templates for the Python gRPC services (gateway, vad, tokenizer, llm, tools, tts, vocoder, rlhf).
+Each is called with (dict "ctx" $ "name" "<component>") from templates/<component>/*.yaml.
+*/}}
+
+{{- define "stepaudio.component.deployment" -}}
+{{- $c := index .ctx.Values .name -}}
+{{- $v := .ctx.Values -}}
+{{- $p := include "stepaudio.envPrefix" .name -}}
+{{- $gpu := eq (include "stepaudio.usesGpu" .) "true" -}}
+{{- $fullname := include "stepaudio.fullname" .ctx -}}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ include "stepaudio.componentName" . }}
+  namespace: {{ .ctx.Release.Namespace }}
+  labels:
+    {{- include "stepaudio.labels" . | nindent 4 }}
+  {{- with $v.commonAnnotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  {{- if not $c.autoscaling.enabled }}
+  replicas: {{ $c.replicaCount }}
+  {{- end }}
+  revisionHistoryLimit: 5
+  strategy:
+    type: RollingUpdate
+    rollingUpdate:
+      maxUnavailable: 0
+      maxSurge: {{ ternary 0 1 $gpu }}{{/* GPU pods: no surge so a rollout never needs a spare GPU */}}
+  selector:
+    matchLabels:
+      {{- include "stepaudio.selectorLabels" . | nindent 6 }}
+  template:
+    metadata:
+      labels:
+        {{- include "stepaudio.labels" . | nindent 8 }}
+      annotations:
+        checksum/values: {{ toJson $c | sha256sum | trunc 16 }}
+        {{- with $c.podAnnotations }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+    spec:
+      serviceAccountName: {{ include "stepaudio.serviceAccountName" . }}
+      automountServiceAccountToken: false
+      enableServiceLinks: false
+      {{- with $v.imagePullSecrets }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $v.priorityClassName }}
+      priorityClassName: {{ . }}
+      {{- end }}
+      securityContext:
+        {{- toYaml $v.podSecurityContext | nindent 8 }}
+      terminationGracePeriodSeconds: {{ include "stepaudio.terminationGrace" . }}
+      {{- include "stepaudio.scheduling" . | trim | nindent 6 }}
+      containers:
+        - name: {{ .name }}
+          image: {{ include "stepaudio.image" . }}
+          imagePullPolicy: {{ $v.image.pullPolicy }}
+          args: ["-m", "services.{{ .name }}"]
+          command: ["python"]
+          ports:
+            - name: grpc
+              containerPort: {{ $c.port }}
+              protocol: TCP
+            - name: metrics
+              containerPort: {{ $v.metrics.port }}
+              protocol: TCP
+          env:
+            - name: {{ $p }}HOST
+              value: "0.0.0.0"
+            - name: {{ $p }}PORT
+              value: {{ $c.port | quote }}
+            - name: {{ $p }}METRICS_PORT
+              value: {{ $v.metrics.port | quote }}
+            - name: {{ $p }}PROFILE
+              value: {{ $v.profile | quote }}
+            {{- if and $v.modelStore.enabled (has .name (list "tokenizer" "tts" "vocoder")) }}
+            - name: {{ $p }}MODEL_DIR
+              value: {{ printf "%s/%s" $v.modelStore.mountPath (index $v.modelStore.subPaths .name) | quote }}
+            {{- end }}
+            {{- with include "stepaudio.otlpEndpoint" .ctx }}
+            - name: OTEL_EXPORTER_OTLP_ENDPOINT
+              value: {{ . | quote }}
+            {{- end }}
+            - name: OTEL_SERVICE_NAME
+              value: {{ printf "stepaudio-%s" .name | quote }}
+            - name: OTEL_RESOURCE_ATTRIBUTES
+              value: {{ printf "service.namespace=%s,deployment.environment=%s,stepaudio.profile=%s" .ctx.Release.Namespace $v.environment $v.profile | quote }}
+            {{- if eq .name "gateway" }}
+            {{- range $stage := list "vad" "tokenizer" "llm" "tools" "tts" "vocoder" }}
+            - name: {{ printf "STEPAUDIO_GATEWAY_%s_TARGET" (upper $stage) }}
+              value: {{ printf "%s-%s:%v" $fullname $stage (index $v $stage).port | quote }}
+            {{- end }}
+            - name: STEPAUDIO_GATEWAY_DRAIN_GRACE_SECONDS
+              value: {{ $c.drain.graceSeconds | quote }}
+            - name: STEPAUDIO_GATEWAY_MAX_SESSIONS
+              value: {{ $c.maxSessions | quote }}
+            {{- if $v.redis.existingSecret }}
+            - name: STEPAUDIO_GATEWAY_REDIS_URL
+              valueFrom:
+                secretKeyRef:
+                  name: {{ $v.redis.existingSecret }}
+                  key: {{ $v.redis.urlKey }}
+            {{- else }}
+            - name: STEPAUDIO_GATEWAY_REDIS_URL
+              value: {{ $v.redis.url | quote }}
+            {{- end }}
+            {{- end }}
+            {{- if eq .name "llm" }}
+            - name: STEPAUDIO_LLM_TRITON_URLS
+              value: {{ default (printf "%s-triton:%v" $fullname $v.triton.ports.grpc) $c.tritonUrls | quote }}
+            {{- end }}
+            {{- if and (has .name (list "gateway" "rlhf")) $v.kafka.bootstrapServers }}
+            {{- include "stepaudio.kafkaEnv" . | nindent 12 }}
+            {{- end }}
+            {{- range $k, $val := $c.env }}
+            - name: {{ $k }}
+              value: {{ $val | quote }}
+            {{- end }}
+            {{- with $c.extraEnv }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+          {{- if eq .name "gateway" }}
+          lifecycle:
+            preStop:
+              exec:
+                command: ["sleep", "{{ $c.drain.preStopSleepSeconds }}"]
+          {{- end }}
+          startupProbe:
+            grpc:
+              port: {{ $c.port }}
+            periodSeconds: {{ $c.startupProbe.periodSeconds }}
+            failureThreshold: {{ $c.startupProbe.failureThreshold }}
+            timeoutSeconds: 3
+          readinessProbe:
+            grpc:
+              port: {{ $c.port }}
+            periodSeconds: 5
+            failureThreshold: 2
+            timeoutSeconds: 3
+          livenessProbe:
+            grpc:
+              port: {{ $c.port }}
+            periodSeconds: 10
+            failureThreshold: 6
+            timeoutSeconds: 5
+          resources:
+            {{- include "stepaudio.resources" . | nindent 12 }}
+          securityContext:
+            {{- toYaml $v.containerSecurityContext | nindent 12 }}
+          volumeMounts:
+            - name: tmp
+              mountPath: /tmp
+            {{- if and $v.modelStore.enabled (has .name (list "tokenizer" "tts" "vocoder")) }}
+            - name: models
+              mountPath: {{ $v.modelStore.mountPath }}
+              readOnly: true
+            {{- end }}
+            {{- if and (has .name (list "gateway" "rlhf")) $v.kafka.tls.enabled }}
+            - name: kafka-tls
+              mountPath: /etc/stepaudio/kafka-tls
+              readOnly: true
+            {{- end }}
+            {{- if $gpu }}
+            - name: dshm
+              mountPath: /dev/shm
+            {{- end }}
+      volumes:
+        - name: tmp
+          emptyDir:
+            sizeLimit: {{ $c.tmpSizeLimit | default "1Gi" }}
+        {{- if and $v.modelStore.enabled (has .name (list "tokenizer" "tts" "vocoder")) }}
+        - name: models
+          persistentVolumeClaim:
+            claimName: {{ include "stepaudio.modelStoreClaim" .ctx }}
+            readOnly: true
+        {{- end }}
+        {{- if and (has .name (list "gateway" "rlhf")) $v.kafka.tls.enabled }}
+        - name: kafka-tls
+          secret:
+            secretName: {{ $v.kafka.tls.existingSecret }}
+        {{- end }}
+        {{- if $gpu }}
+        - name: dshm
+          emptyDir:
+            medium: Memory
+            sizeLimit: {{ $v.gpu.shmSize }}
+        {{- end }}
+{{- end -}}
+
+{{- define "stepaudio.terminationGrace" -}}
+{{- $c := index .ctx.Values .name -}}
+{{- if eq .name "gateway" -}}
+{{- add (int $c.drain.preStopSleepSeconds) (int $c.drain.graceSeconds) 10 -}}
+{{- else -}}
+{{- $c.terminationGracePeriodSeconds | default 30 -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "stepaudio.modelStoreClaim" -}}
+{{- default (printf "%s-models" (include "stepaudio.fullname" .)) .Values.modelStore.existingClaim -}}
+{{- end -}}
+
+{{- define "stepaudio.component.service" -}}
+{{- $c := index .ctx.Values .name -}}
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ include "stepaudio.componentName" . }}
+  namespace: {{ .ctx.Release.Namespace }}
+  labels:
+    {{- include "stepaudio.labels" . | nindent 4 }}
+  {{- with $c.service.annotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  type: {{ $c.service.type | default "ClusterIP" }}
+  selector:
+    {{- include "stepaudio.selectorLabels" . | nindent 4 }}
+  ports:
+    - name: grpc
+      port: {{ $c.port }}
+      targetPort: grpc
+      protocol: TCP
+      appProtocol: grpc
+    - name: metrics
+      port: {{ .ctx.Values.metrics.port }}
+      targetPort: metrics
+      protocol: TCP
+      appProtocol: http
+{{- end -}}
+
+{{- define "stepaudio.component.serviceAccount" -}}
+{{- if .ctx.Values.serviceAccount.create }}
+{{- $c := index .ctx.Values .name -}}
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: {{ include "stepaudio.serviceAccountName" . }}
+  namespace: {{ .ctx.Release.Namespace }}
+  labels:
+    {{- include "stepaudio.labels" . | nindent 4 }}
+  {{- with (merge (dict) (default dict $c.serviceAccountAnnotations) .ctx.Values.serviceAccount.annotations) }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+automountServiceAccountToken: false
+{{- end }}
+{{- end -}}
+
+{{- define "stepaudio.component.pdb" -}}
+{{- $c := index .ctx.Values .name -}}
+{{- if $c.pdb.enabled }}
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ include "stepaudio.componentName" . }}
+  namespace: {{ .ctx.Release.Namespace }}
+  labels:
+    {{- include "stepaudio.labels" . | nindent 4 }}
+spec:
+  {{- if $c.pdb.minAvailable }}
+  minAvailable: {{ $c.pdb.minAvailable }}
+  {{- else }}
+  maxUnavailable: {{ $c.pdb.maxUnavailable | default 1 }}
+  {{- end }}
+  unhealthyPodEvictionPolicy: AlwaysAllow
+  selector:
+    matchLabels:
+      {{- include "stepaudio.selectorLabels" . | nindent 6 }}
+{{- end }}
+{{- end -}}
+
+{{/* HPA: CPU utilisation, plus custom Pods metrics served by prometheus-adapter (see infra/prometheus-adapter). */}}
+{{- define "stepaudio.component.hpa" -}}
+{{- $c := index .ctx.Values .name -}}
+{{- if $c.autoscaling.enabled }}
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata:
+  name: {{ include "stepaudio.componentName" . }}
+  namespace: {{ .ctx.Release.Namespace }}
+  labels:
+    {{- include "stepaudio.labels" . | nindent 4 }}
+spec:
+  scaleTargetRef:
+    apiVersion: apps/v1
+    kind: Deployment
+    name: {{ include "stepaudio.componentName" . }}
+  minReplicas: {{ $c.autoscaling.minReplicas }}
+  maxReplicas: {{ $c.autoscaling.maxReplicas }}
+  metrics:
+    {{- if $c.autoscaling.targetCPUUtilizationPercentage }}
+    - type: Resource
+      resource:
+        name: cpu
+        target:
+          type: Utilization
+          averageUtilization: {{ $c.autoscaling.targetCPUUtilizationPercentage }}
+    {{- end }}
+    {{- range $c.autoscaling.customMetrics }}
+    - type: Pods
+      pods:
+        metric:
+          name: {{ .name }}
+        target:
+          type: AverageValue
+          averageValue: {{ .averageValue | quote }}
+    {{- end }}
+  behavior:
+    scaleUp:
+      stabilizationWindowSeconds: 0
+      policies:
+        - type: Pods
+          value: {{ $c.autoscaling.scaleUpPods | default 2 }}
+          periodSeconds: 60
+    scaleDown:
+      stabilizationWindowSeconds: {{ $c.autoscaling.scaleDownStabilizationSeconds | default 300 }}
+      policies:
+        - type: Pods
+          value: 1
+          periodSeconds: 120
+{{- end }}
+{{- end -}}
+
+{{/*
+NetworkPolicy: ingress on the gRPC port only from pods of this release (the gateway alone is open to the
+networkPolicy.gateway.from peers, everyone when empty); metrics only from the monitoring namespace.
+*/}}
+{{- define "stepaudio.component.networkPolicy" -}}
+{{- $c := index .ctx.Values .name -}}
+{{- $np := .ctx.Values.networkPolicy -}}
+{{- if $np.enabled }}
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: {{ include "stepaudio.componentName" . }}
+  namespace: {{ .ctx.Release.Namespace }}
+  labels:
+    {{- include "stepaudio.labels" . | nindent 4 }}
+spec:
+  podSelector:
+    matchLabels:
+      {{- include "stepaudio.selectorLabels" . | nindent 6 }}
+  policyTypes: [Ingress]
+  ingress:
+    {{- if eq .name "gateway" }}
+    - ports:
+        - port: {{ $c.port }}
+          protocol: TCP
+      {{- with $np.gateway.from }}
+      from:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+    {{- else }}
+    - ports:
+        {{- range (default (list (dict "port" $c.port)) .ports) }}
+        - port: {{ .port }}
+          protocol: TCP
+        {{- end }}
+      from:
+        - podSelector:
+            matchLabels:
+              {{- include "stepaudio.selectorLabels" (dict "ctx" .ctx "name" "") | nindent 14 }}
+    {{- end }}
+    - ports:
+        - port: {{ default .ctx.Values.metrics.port .metricsPort }}
+          protocol: TCP
+      from:
+        - namespaceSelector:
+            matchLabels:
+              {{- toYaml $np.metricsNamespaceSelector | nindent 14 }}
+        - podSelector:
+            matchLabels:
+              {{- include "stepaudio.selectorLabels" (dict "ctx" .ctx "name" "") | nindent 14 }}
+{{- end }}
+{{- end -}}

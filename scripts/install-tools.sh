@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Idempotent installer for the deployment tool chain used by tests/deploy and docs/DEPLOY.md.
+#   - helm (built from the Go module proxy with `go install`) into a project-local bin dir
+#   - kubernetes-validate (PyPI) into the project venv, then a smoke check
+# Usage: scripts/install-tools.sh            (installs into .cache/bin)
+#        BIN_DIR=/some/dir HELM_VERSION=v3.22.0 scripts/install-tools.sh
+# Re-running is cheap: nothing is rebuilt when the pinned version is already present.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BIN_DIR="${BIN_DIR:-$ROOT/.cache/bin}"
+HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+KV_VERSION="${KUBERNETES_VALIDATE_VERSION:-1.37.0}"
+PY="${PYTHON:-$ROOT/.venv/bin/python}"
+
+mkdir -p "$BIN_DIR"
+
+log() { printf '[install-tools] %s\n' "$*" >&2; }
+
+install_helm() {
+  local helm="$BIN_DIR/helm" stamp="$BIN_DIR/.helm.stamp"
+  # Same -X flags as helm's Makefile: without the k8s version ones `helm template` assumes Kubernetes v1.20
+  # and rejects charts with kubeVersion >=1.29. client-go v0.37 in helm v3.22.0 -> Kubernetes 1.37.
+  local ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  ldflags+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=${HELM_K8S_MINOR:-37}"
+  ldflags+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=${HELM_K8S_MINOR:-37}"
+  if [[ -x "$helm" && -f "$stamp" && "$(cat "$stamp")" == "$HELM_VERSION $ldflags" ]]; then
+    log "helm $HELM_VERSION already at $helm"
+    return
+  fi
+  if ! command -v go >/dev/null 2>&1; then
+    log "ERROR: go is required to build helm (https://go.dev/dl); or put a helm $HELM_VERSION binary at $helm"
+    exit 1
+  fi
+  log "building helm $HELM_VERSION with go install (about 5 minutes on 2 cores the first time)"
+  GOBIN="$BIN_DIR" CGO_ENABLED=0 go install -trimpath -ldflags "$ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  printf '%s' "$HELM_VERSION $ldflags" >"$stamp"
+  "$helm" version --short
+}
+
+install_kubernetes_validate() {
+  if ! "$PY" -c 'import kubernetes_validate' >/dev/null 2>&1; then
+    log "installing kubernetes-validate==$KV_VERSION into $("$PY" -c 'import sys;print(sys.prefix)')"
+    "$PY" -m pip install --quiet "kubernetes-validate==$KV_VERSION"
+  fi
+  # smoke check: a valid Service validates strictly against the oldest and newest versions the tests use
+  local tmp
+  tmp="$(mktemp)"
+  cat >"$tmp" <<'YAML'
+apiVersion: v1
+kind: Service
+metadata: {name: smoke}
+spec: {ports: [{name: grpc, port: 50051}], selector: {app: smoke}}
+YAML
+  local kv
+  kv="$(dirname "$PY")/kubernetes-validate"
+  for k in 1.29.0 1.33.0; do
+    "$kv" --strict -k "$k" --quiet "$tmp" >/dev/null
+  done
+  rm -f "$tmp"
+  log "kubernetes-validate ok ($("$PY" -c 'import importlib.metadata as m;print(m.version("kubernetes-validate"))'))"
+}
+
+install_helm
+install_kubernetes_validate
+log "done: export HELM=$BIN_DIR/helm"
