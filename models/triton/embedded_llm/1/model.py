@@ -304,6 +304,7 @@ class TritonPythonModel:
                 await asyncio.to_thread(self._generate, request, sender, body, stream, st)
             if st.cancelled:
                 st.finish_reason = "cancelled"
+                self.logger.log_info(f"{self.name}: request {request.request_id()!r} cancelled after {st.n_out} tokens")
                 final_sent = True
                 sender.send(
                     pb_utils.InferenceResponse(
