@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aio
+from triton_helpers import MODEL, chatml, generate, stream
 from tritonclient.utils import InferenceServerException
 
 from services.llm.contract import GenerationParams, build_inputs, scalar_of
 from services.llm.tritonserver import TritonHandle, start_triton
-
-from .helpers import MODEL, chatml, generate, stream
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
