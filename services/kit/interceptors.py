@@ -79,7 +79,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             return grpc.stream_unary_rpc_method_handler(
                 unary_behavior, handler.request_deserializer, handler.response_serializer
             )
-        return grpc.unary_unary_rpc_method_handler(unary_behavior, handler.request_deserializer, handler.response_serializer)
+        return grpc.unary_unary_rpc_method_handler(
+            unary_behavior, handler.request_deserializer, handler.response_serializer
+        )
 
     def _rpc(self, method: str, md: dict[str, str], context: grpc.aio.ServicerContext) -> _RpcScope:
         return _RpcScope(self, method, md, context)

