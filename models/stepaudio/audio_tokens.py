@@ -83,7 +83,7 @@ def decode_text(text: str) -> list[int]:
     stripped = "".join(text.split())
     for m in _AUDIO_RE.finditer(stripped):
         if m.start() != pos:
-            raise ValueError(f"unexpected text {stripped[pos:m.start()]!r} at offset {pos}; expected <audio_X>")
+            raise ValueError(f"unexpected text {stripped[pos : m.start()]!r} at offset {pos}; expected <audio_X>")
         x = int(m.group(1))
         x_to_code(x)
         xs.append(x)

@@ -67,7 +67,9 @@ class RelPositionalEncoding(nn.Module):
         """x (B, T, D) -> (x * sqrt(D), pos_emb (1, 2T-1, D))."""
         t = x.shape[1]
         pos = torch.arange(t, dtype=torch.float32, device=x.device)[:, None]
-        div = torch.exp(torch.arange(0, self.d_model, 2, dtype=torch.float32, device=x.device) * -(math.log(10000.0) / self.d_model))
+        div = torch.exp(
+            torch.arange(0, self.d_model, 2, dtype=torch.float32, device=x.device) * -(math.log(10000.0) / self.d_model)
+        )
         pe_pos = torch.zeros(t, self.d_model, device=x.device)
         pe_neg = torch.zeros(t, self.d_model, device=x.device)
         pe_pos[:, 0::2] = torch.sin(pos * div)
@@ -349,7 +351,10 @@ class ConditionalDecoder(nn.Module):
 
         def blocks(dim: int) -> nn.ModuleList:
             return nn.ModuleList(
-                [BasicTransformerBlock(dim, cfg.dec_num_heads, cfg.dec_attention_head_dim) for _ in range(cfg.dec_n_blocks)]
+                [
+                    BasicTransformerBlock(dim, cfg.dec_num_heads, cfg.dec_attention_head_dim)
+                    for _ in range(cfg.dec_n_blocks)
+                ]
             )
 
         self.down_blocks = nn.ModuleList()
@@ -360,7 +365,10 @@ class ConditionalDecoder(nn.Module):
             down: nn.Module = nn.Conv1d(out_ch, out_ch, 3, padding=1) if last else Downsample1D(out_ch)
             self.down_blocks.append(nn.ModuleList([ResnetBlock1D(in_ch, out_ch, time_dim), blocks(out_ch), down]))
         self.mid_blocks = nn.ModuleList(
-            [nn.ModuleList([ResnetBlock1D(channels[-1], channels[-1], time_dim), blocks(channels[-1])]) for _ in range(cfg.dec_num_mid_blocks)]
+            [
+                nn.ModuleList([ResnetBlock1D(channels[-1], channels[-1], time_dim), blocks(channels[-1])])
+                for _ in range(cfg.dec_num_mid_blocks)
+            ]
         )
         up_channels = channels[::-1] + (channels[0],)
         self.up_blocks = nn.ModuleList()
@@ -380,7 +388,13 @@ class ConditionalDecoder(nn.Module):
         return x.transpose(1, 2)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, t: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        mu: torch.Tensor,
+        t: torch.Tensor,
+        spks: torch.Tensor,
+        cond: torch.Tensor,
     ) -> torch.Tensor:
         """Velocity for state x at time t; all (B, 80, T) except spks (B, 80), t (B,)."""
         temb = self.time_mlp(sinusoidal_time_embedding(t, self.in_channels).to(x.dtype))
@@ -515,7 +529,9 @@ class MaskedDiffWithXvec(nn.Module):
         return mel[:, :, mel_len1:].float()
 
 
-def load_flow(path: str | Path, device: str | torch.device = "cpu", cfg: FlowConfig | None = None) -> MaskedDiffWithXvec:
+def load_flow(
+    path: str | Path, device: str | torch.device = "cpu", cfg: FlowConfig | None = None
+) -> MaskedDiffWithXvec:
     """Load ``flow.pt`` (a state dict pickle) with ``weights_only=True`` and ``strict=True``.
 
     ``vocab_size`` is taken from ``input_embedding.weight``. bf16 on CUDA, fp32 on CPU.

@@ -76,10 +76,16 @@ class ResBlock(nn.Module):
     def __init__(self, channels: int, kernel_size: int, dilations: list[int]) -> None:
         super().__init__()
         self.convs1 = nn.ModuleList(
-            [weight_norm(Conv1d(channels, channels, kernel_size, 1, dilation=d, padding=_pad(kernel_size, d))) for d in dilations]
+            [
+                weight_norm(Conv1d(channels, channels, kernel_size, 1, dilation=d, padding=_pad(kernel_size, d)))
+                for d in dilations
+            ]
         )
         self.convs2 = nn.ModuleList(
-            [weight_norm(Conv1d(channels, channels, kernel_size, 1, dilation=1, padding=_pad(kernel_size, 1))) for _ in dilations]
+            [
+                weight_norm(Conv1d(channels, channels, kernel_size, 1, dilation=1, padding=_pad(kernel_size, 1)))
+                for _ in dilations
+            ]
         )
         self.activations1 = nn.ModuleList([Snake(channels) for _ in dilations])
         self.activations2 = nn.ModuleList([Snake(channels) for _ in dilations])
@@ -121,7 +127,9 @@ class SourceModuleHnNSF(nn.Module):
 
     def __init__(self, cfg: HiFTConfig) -> None:
         super().__init__()
-        self.l_sin_gen = SineGen(cfg.sampling_rate, cfg.nb_harmonics, cfg.nsf_alpha, cfg.nsf_sigma, cfg.nsf_voiced_threshold)
+        self.l_sin_gen = SineGen(
+            cfg.sampling_rate, cfg.nb_harmonics, cfg.nsf_alpha, cfg.nsf_sigma, cfg.nsf_voiced_threshold
+        )
         self.l_linear = nn.Linear(cfg.nb_harmonics + 1, 1)
 
     def forward(self, f0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -138,7 +146,10 @@ class ConvRNNF0Predictor(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         for i in range(5):
-            layers += [weight_norm(Conv1d(in_channels if i == 0 else cond_channels, cond_channels, 3, padding=1)), nn.ELU()]
+            layers += [
+                weight_norm(Conv1d(in_channels if i == 0 else cond_channels, cond_channels, 3, padding=1)),
+                nn.ELU(),
+            ]
         self.condnet = nn.Sequential(*layers)
         self.classifier = nn.Linear(cond_channels, num_class)
 
@@ -169,7 +180,9 @@ class HiFTGenerator(nn.Module):
         self.source_resblocks = nn.ModuleList()
         down_rates = [1] + cfg.upsample_rates[::-1][:-1]
         cum = np.cumprod(down_rates)[::-1]
-        for i, (u, k, d) in enumerate(zip(cum, cfg.source_resblock_kernel_sizes, cfg.source_resblock_dilation_sizes, strict=True)):
+        for i, (u, k, d) in enumerate(
+            zip(cum, cfg.source_resblock_kernel_sizes, cfg.source_resblock_dilation_sizes, strict=True)
+        ):
             ch = base // 2 ** (i + 1)
             u = int(u)
             if u == 1:
@@ -212,7 +225,9 @@ class HiFTGenerator(nn.Module):
         half = cfg.n_fft // 2 + 1
         mag = torch.clamp(torch.exp(x[:, :half]), max=1e2)
         phase = torch.sin(x[:, half:])
-        wav = torch.istft(torch.complex(mag * torch.cos(phase), mag * torch.sin(phase)), cfg.n_fft, cfg.hop_len, cfg.n_fft, window=win)
+        wav = torch.istft(
+            torch.complex(mag * torch.cos(phase), mag * torch.sin(phase)), cfg.n_fft, cfg.hop_len, cfg.n_fft, window=win
+        )
         return torch.clamp(wav, -cfg.audio_limit, cfg.audio_limit)
 
     @torch.inference_mode()

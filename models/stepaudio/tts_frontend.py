@@ -98,9 +98,7 @@ def parse_instructions(text: str) -> Instruction:
             break
         tag = m.group(1).strip()
         if tag not in TAG_KIND:
-            raise ValueError(
-                f"unknown instruction tag {tag!r}; valid tags are: {', '.join(VALID_TAGS)}"
-            )
+            raise ValueError(f"unknown instruction tag {tag!r}; valid tags are: {', '.join(VALID_TAGS)}")
         tags.append(tag)
         pos = m.end()
     fields: dict[str, str] = {}
