@@ -1,0 +1,1 @@
+"""RLHF preference collector: Kafka consumer group -> preference pairs dataset (JSONL shards + manifest)."""
