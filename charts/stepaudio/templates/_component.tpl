@@ -9,6 +9,7 @@ Each is called with (dict "ctx" $ "name" "<component>") from templates/<componen
 {{- $p := include "stepaudio.envPrefix" .name -}}
 {{- $gpu := eq (include "stepaudio.usesGpu" .) "true" -}}
 {{- $fullname := include "stepaudio.fullname" .ctx -}}
+{{- $worker := eq .name "rlhf" -}}{{/* Kafka consumer: no gRPC server, no metrics port */}}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -26,10 +27,14 @@ spec:
   {{- end }}
   revisionHistoryLimit: 5
   strategy:
+    {{- if $worker }}
+    type: Recreate{{/* one writer of the dataset directory at a time */}}
+    {{- else }}
     type: RollingUpdate
     rollingUpdate:
-      maxUnavailable: 0
+      maxUnavailable: {{ ternary 1 0 $gpu }}
       maxSurge: {{ ternary 0 1 $gpu }}{{/* GPU pods: no surge so a rollout never needs a spare GPU */}}
+    {{- end }}
   selector:
     matchLabels:
       {{- include "stepaudio.selectorLabels" . | nindent 6 }}
@@ -63,6 +68,7 @@ spec:
           imagePullPolicy: {{ $v.image.pullPolicy }}
           args: ["-m", "services.{{ .name }}"]
           command: ["python"]
+          {{- if not $worker }}
           ports:
             - name: grpc
               containerPort: {{ $c.port }}
@@ -70,13 +76,18 @@ spec:
             - name: metrics
               containerPort: {{ $v.metrics.port }}
               protocol: TCP
+          {{- end }}
           env:
+            {{- if not $worker }}
             - name: {{ $p }}HOST
               value: "0.0.0.0"
             - name: {{ $p }}PORT
               value: {{ $c.port | quote }}
             - name: {{ $p }}METRICS_PORT
               value: {{ $v.metrics.port | quote }}
+            - name: {{ $p }}DRAIN_GRACE_S
+              value: {{ if eq .name "gateway" }}{{ $c.drain.graceSeconds | quote }}{{ else }}"10"{{ end }}
+            {{- end }}
             - name: {{ $p }}PROFILE
               value: {{ $v.profile | quote }}
             {{- if and $v.modelStore.enabled (has .name (list "tokenizer" "tts" "vocoder")) }}
@@ -85,6 +96,8 @@ spec:
             {{- end }}
             {{- with include "stepaudio.otlpEndpoint" .ctx }}
             - name: OTEL_EXPORTER_OTLP_ENDPOINT
+              value: {{ . | quote }}
+            - name: {{ $p }}OTLP_ENDPOINT
               value: {{ . | quote }}
             {{- end }}
             - name: OTEL_SERVICE_NAME
@@ -96,8 +109,10 @@ spec:
             - name: {{ printf "STEPAUDIO_GATEWAY_%s_TARGET" (upper $stage) }}
               value: {{ printf "%s-%s:%v" $fullname $stage (index $v $stage).port | quote }}
             {{- end }}
-            - name: STEPAUDIO_GATEWAY_DRAIN_GRACE_SECONDS
-              value: {{ $c.drain.graceSeconds | quote }}
+            - name: STEPAUDIO_CONVLOG_SPOOL_DIR
+              value: /var/lib/stepaudio/convlog/spool
+            - name: STEPAUDIO_CONVLOG_AUDIO_DIR
+              value: /var/lib/stepaudio/convlog/audio
             - name: STEPAUDIO_GATEWAY_MAX_SESSIONS
               value: {{ $c.maxSessions | quote }}
             {{- if $v.redis.existingSecret }}
@@ -118,6 +133,25 @@ spec:
             {{- if and (has .name (list "gateway" "rlhf")) $v.kafka.bootstrapServers }}
             {{- include "stepaudio.kafkaEnv" . | nindent 12 }}
             {{- end }}
+            {{- if and (eq .name "gateway") $v.kafka.bootstrapServers }}
+            - name: STEPAUDIO_CONVLOG_BOOTSTRAP_SERVERS
+              value: {{ $v.kafka.bootstrapServers | quote }}
+            - name: STEPAUDIO_CONVLOG_TOPIC
+              value: {{ $v.kafka.topics.conversation | quote }}
+            {{- else if eq .name "gateway" }}
+            - name: STEPAUDIO_CONVLOG_BOOTSTRAP_SERVERS
+              value: ""
+            {{- end }}
+            {{- if $worker }}
+            - name: STEPAUDIO_RLHF_BOOTSTRAP_SERVERS
+              value: {{ $v.kafka.bootstrapServers | quote }}
+            - name: STEPAUDIO_RLHF_TOPIC
+              value: {{ $v.kafka.topics.conversation | quote }}
+            - name: STEPAUDIO_RLHF_DLQ_TOPIC
+              value: {{ $v.kafka.topics.dlq | quote }}
+            - name: STEPAUDIO_RLHF_DATASET_DIR
+              value: /var/lib/stepaudio/rlhf/dataset
+            {{- end }}
             {{- range $k, $val := $c.env }}
             - name: {{ $k }}
               value: {{ $val | quote }}
@@ -131,6 +165,24 @@ spec:
               exec:
                 command: ["sleep", "{{ $c.drain.preStopSleepSeconds }}"]
           {{- end }}
+          {{- if $worker }}
+          # services.rlhf has no health endpoint yet: the probes check the process answers exec and that the
+          # dataset volume is writable (see docs/DEPLOY.md, "Known gaps").
+          startupProbe:
+            exec:
+              command: ["test", "-w", "/var/lib/stepaudio/rlhf"]
+            periodSeconds: 5
+            failureThreshold: 12
+          readinessProbe:
+            exec:
+              command: ["test", "-w", "/var/lib/stepaudio/rlhf"]
+            periodSeconds: 30
+          livenessProbe:
+            exec:
+              command: ["test", "-w", "/var/lib/stepaudio/rlhf"]
+            periodSeconds: 30
+            failureThreshold: 3
+          {{- else }}
           startupProbe:
             grpc:
               port: {{ $c.port }}
@@ -149,6 +201,7 @@ spec:
             periodSeconds: 10
             failureThreshold: 6
             timeoutSeconds: 5
+          {{- end }}
           resources:
             {{- include "stepaudio.resources" . | nindent 12 }}
           securityContext:
@@ -165,6 +218,14 @@ spec:
             - name: kafka-tls
               mountPath: /etc/stepaudio/kafka-tls
               readOnly: true
+            {{- end }}
+            {{- if eq .name "gateway" }}
+            - name: state
+              mountPath: /var/lib/stepaudio/convlog
+            {{- end }}
+            {{- if $worker }}
+            - name: state
+              mountPath: /var/lib/stepaudio/rlhf
             {{- end }}
             {{- if $gpu }}
             - name: dshm
@@ -184,6 +245,21 @@ spec:
         - name: kafka-tls
           secret:
             secretName: {{ $v.kafka.tls.existingSecret }}
+        {{- end }}
+        {{- if eq .name "gateway" }}
+        - name: state{{/* conversation-log spool: survives container restarts, not pod deletion */}}
+          emptyDir:
+            sizeLimit: {{ $c.spoolSizeLimit }}
+        {{- end }}
+        {{- if $worker }}
+        - name: state
+          {{- if $c.persistence.enabled }}
+          persistentVolumeClaim:
+            claimName: {{ default (printf "%s-rlhf-dataset" $fullname) $c.persistence.existingClaim }}
+          {{- else }}
+          emptyDir:
+            sizeLimit: {{ $c.persistence.size }}
+          {{- end }}
         {{- end }}
         {{- if $gpu }}
         - name: dshm
@@ -208,6 +284,7 @@ spec:
 
 {{- define "stepaudio.component.service" -}}
 {{- $c := index .ctx.Values .name -}}
+{{- if ne .name "rlhf" }}
 apiVersion: v1
 kind: Service
 metadata:
@@ -234,6 +311,7 @@ spec:
       targetPort: metrics
       protocol: TCP
       appProtocol: http
+{{- end }}
 {{- end -}}
 
 {{- define "stepaudio.component.serviceAccount" -}}
@@ -349,6 +427,9 @@ spec:
     matchLabels:
       {{- include "stepaudio.selectorLabels" . | nindent 6 }}
   policyTypes: [Ingress]
+  {{- if eq .name "rlhf" }}
+  ingress: []{{/* worker: accepts no connections */}}
+  {{- else }}
   ingress:
     {{- if eq .name "gateway" }}
     - ports:
@@ -379,5 +460,6 @@ spec:
         - podSelector:
             matchLabels:
               {{- include "stepaudio.selectorLabels" (dict "ctx" .ctx "name" "") | nindent 14 }}
+  {{- end }}
 {{- end }}
 {{- end -}}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Starts tritonserver with the flags from the chart/CMD. TRITON_WORLD_SIZE (tensor-parallel size) > 1 launches one
+# MPI rank per GPU the way tensorrtllm_backend's launch_triton_server.py does: rank 0 serves HTTP/gRPC/metrics,
+# the other ranks only run the TensorRT-LLM engine shards (they get --model-control-mode=explicit and no endpoints).
+set -euo pipefail
+WORLD_SIZE="${TRITON_WORLD_SIZE:-1}"
+BACKENDS=(--backend-directory="${TRITON_BACKEND_DIR:-/opt/tritonserver/backends}")
+if [[ -n "${TRITON_CACHE_DIR:-}" ]]; then BACKENDS+=(--cache-directory="$TRITON_CACHE_DIR"); fi
+
+if [[ "$WORLD_SIZE" == "1" ]]; then
+  exec tritonserver "${BACKENDS[@]}" "$@"
+fi
+
+repo="" ; for a in "$@"; do case "$a" in --model-repository=*) repo="${a#*=}";; esac; done
+args=()
+for ((rank = 0; rank < WORLD_SIZE; rank++)); do
+  if ((rank > 0)); then args+=(":"); fi
+  args+=(-n 1 tritonserver "${BACKENDS[@]}" "--backend-config=python,shm-region-prefix-name=prefix${rank}_"
+         "--disable-auto-complete-config")
+  if ((rank == 0)); then
+    args+=("$@")
+  else
+    args+=("--model-repository=$repo" --model-control-mode=explicit --load-model=tensorrt_llm
+           --allow-http=false --allow-grpc=false --allow-metrics=false --log-info=false)
+  fi
+done
+# --oversubscribe/--bind-to none: one pod, the GPUs it was given; OMPI_MCA_plm_rsh_agent=false keeps MPI local.
+exec mpirun --oversubscribe --bind-to none "${args[@]}"
