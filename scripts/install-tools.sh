@@ -61,6 +61,45 @@ YAML
   log "kubernetes-validate ok ($("$PY" -c 'import importlib.metadata as m;print(m.version("kubernetes-validate"))'))"
 }
 
+install_kube_apiserver() {
+  # A real kube-apiserver (+ etcd 3.4 from apt) for tests/deploy/test_ops.py. It is not packaged anywhere, and
+  # `go install k8s.io/kubernetes/cmd/kube-apiserver@v` is refused (replace directives), so build it from a
+  # wrapper module that maps the staging modules to their published v0.x versions. About 4 minutes on 2 cores.
+  local bin="$BIN_DIR/kube-apiserver" ver="${KUBE_APISERVER_VERSION:-v1.33.0}"
+  if [[ "${SKIP_KUBE_APISERVER:-0}" == "1" ]]; then log "SKIP_KUBE_APISERVER=1: not building kube-apiserver"; return; fi
+  if ! command -v etcd >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && [[ "$(id -u)" == "0" ]]; then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server >/dev/null
+    else
+      log "WARNING: etcd not found (apt-get install etcd-server); tests/deploy/test_ops.py will skip"
+    fi
+  fi
+  if [[ -x "$bin" && -f "$bin.stamp" && "$(cat "$bin.stamp")" == "$ver" ]]; then
+    log "kube-apiserver $ver already at $bin"; return
+  fi
+  local work minor
+  work="$(mktemp -d)"
+  minor="${ver#v1.}"
+  (
+    cd "$work"
+    go mod download -json "k8s.io/kubernetes@$ver" >/dev/null
+    local modfile
+    modfile="$(go env GOMODCACHE)/cache/download/k8s.io/kubernetes/@v/$ver.mod"
+    {
+      printf 'module kapi\n\ngo 1.24\n\nrequire k8s.io/kubernetes %s\n\nreplace (\n' "$ver"
+      grep -E '^\s+k8s.io/[a-z0-9-]+ => ./staging' "$modfile" | awk -v v="v0.$minor" '{print "\t"$1" => "$1" "v}'
+      printf ')\n'
+    } >go.mod
+    printf 'package main\n\nimport _ "k8s.io/kubernetes/cmd/kube-apiserver/app"\n\nfunc main() {}\n' >tools.go
+    go mod tidy >/dev/null 2>&1
+    log "building kube-apiserver $ver (about 4 minutes on 2 cores)"
+    CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$bin" k8s.io/kubernetes/cmd/kube-apiserver
+  )
+  rm -rf "$work"
+  printf '%s' "$ver" >"$bin.stamp"
+}
+
 install_helm
 install_kubernetes_validate
+install_kube_apiserver
 log "done: export HELM=$BIN_DIR/helm"
