@@ -29,6 +29,22 @@ from services.llm.contract import GenerationParams, build_inputs, scalar_of, tex
 log = structlog.get_logger("stepaudio.llm.triton")
 
 
+# A private subchannel pool: a recreated channel must not inherit the reconnect back-off of the global pool's
+# subchannel (else a Triton that came back stays "unavailable" for up to the back-off). Short back-off, keepalive.
+CHANNEL_ARGS = [
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 20000),
+    ("grpc.keepalive_timeout_ms", 10000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
 class _EndpointDown(Exception):
     """This endpoint cannot serve the request right now; try another."""
 
@@ -43,7 +59,7 @@ class _Endpoint:
     @property
     def client(self) -> triton_aio.InferenceServerClient:
         if self._client is None:
-            self._client = triton_aio.InferenceServerClient(self.url)
+            self._client = triton_aio.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
         return self._client
 
     def is_up(self, now: float) -> bool:
