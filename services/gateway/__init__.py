@@ -1,0 +1,1 @@
+"""The conversation gateway: per-session controller that drives VAD, ASR, LLM, tools and TTS."""

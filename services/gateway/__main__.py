@@ -1,0 +1,42 @@
+"""``python -m services.gateway``: run the conversation gateway."""
+
+from __future__ import annotations
+
+import structlog
+
+from services.gateway.server import SERVICE_NAME, ConversationServicer
+from services.gateway.settings import GatewaySettings
+from services.gateway.stages import Stages
+from services.gateway.store import create_store
+from services.kit.server import GrpcServer, ServiceSpec, run
+from stepaudio.conversation.v1 import conversation_pb2_grpc
+
+log = structlog.get_logger("stepaudio.gateway")
+
+
+def build(settings: GatewaySettings | None = None) -> GrpcServer:
+    """The gateway server, ready to start (warm-up waits for the stages it depends on)."""
+    settings = settings or GatewaySettings()
+    stages = Stages(settings)
+    store = create_store(settings.redis_url, settings.session_ttl_s)
+    convlog = None
+    if settings.conversation_log:
+        from services.convlog import ConversationLogger
+
+        convlog = ConversationLogger()
+    servicer = ConversationServicer(stages, store, settings, convlog)
+
+    async def warmup() -> None:
+        if convlog is not None:
+            convlog.start()
+        await stages.refresh_catalogs(deadline_s=120)
+
+    async def on_drain() -> None:
+        await servicer.drain()
+
+    spec = ServiceSpec(SERVICE_NAME, conversation_pb2_grpc.add_ConversationServiceServicer_to_server, servicer)
+    return GrpcServer("gateway", settings, [spec], warmup, on_drain)
+
+
+if __name__ == "__main__":
+    run(build())

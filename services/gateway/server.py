@@ -1,0 +1,129 @@
+"""gRPC transport for the conversation gateway (controller logic in session.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import structlog
+
+from services.gateway.session import Session, validate_config
+from services.gateway.settings import GatewaySettings
+from services.gateway.stages import Stages
+from services.gateway.store import SessionStore, StoredSession
+from services.kit.errors import NotFound, StageError, Unavailable
+from services.kit.streams import config_first
+from services.kit.telemetry import meter
+from stepaudio.conversation.v1 import conversation_pb2 as pb
+from stepaudio.conversation.v1 import conversation_pb2_grpc
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ConversationService"].full_name
+log = structlog.get_logger("stepaudio.gateway")
+
+
+class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
+    """Converse: one Session per stream; ListVoices from the TTS catalog."""
+
+    def __init__(self, stages: Stages, store: SessionStore, settings: GatewaySettings, convlog: Any = None) -> None:
+        self.stages = stages
+        self.store = store
+        self.settings = settings
+        self.convlog = convlog
+        self.sessions: dict[str, Session] = {}
+        self.draining = False
+        meter().create_observable_gauge(
+            "stepaudio.gateway.active_sessions", callbacks=[self._observe_sessions], description="Live sessions"
+        )
+
+    def _observe_sessions(self, _options: Any) -> list[Any]:
+        from opentelemetry.metrics import Observation
+
+        return [Observation(len(self.sessions))]
+
+    async def drain(self) -> None:
+        """Stop taking new sessions; live ones finish within the server's grace period."""
+        self.draining = True
+        log.info("drain: refusing new sessions", live=len(self.sessions))
+
+    async def Converse(  # noqa: N802
+        self, request_iterator: AsyncIterator[pb.ConverseRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ConverseResponse]:
+        if self.draining:
+            raise Unavailable("gateway is draining for a restart: reconnect (with your session_id) to another one")
+        if len(self.sessions) >= self.settings.max_sessions:
+            raise StageError(f"gateway is at max_sessions={self.settings.max_sessions}; retry later",
+                             grpc.StatusCode.RESOURCE_EXHAUSTED)
+        config, rest = await config_first(request_iterator)
+        if not self.stages.voices or not self.stages.tool_specs:
+            await self.stages.refresh_catalogs()
+        validate_config(config, self.stages)
+        resumed = False
+        if config.session_id:
+            stored = await self.store.load(config.session_id)
+            if stored is None:
+                raise NotFound(f"session {config.session_id!r} is unknown or expired; leave session_id empty to "
+                               "start a new session")
+            resumed = True
+        else:
+            stored = StoredSession(uuid.uuid4().hex)
+        stored.settings = {"voice": config.voice, "style": config.style, "language": config.language}
+        session = Session(stored.session_id, config, stored, self.stages, self.store, self.settings, self.convlog)
+        structlog.contextvars.bind_contextvars(session_id=session.id)
+        self.sessions[session.id] = session
+        pump = asyncio.create_task(self._pump(session, rest))
+        try:
+            yield pb.ConverseResponse(session_started=pb.SessionStarted(
+                session_id=session.id, resumed=resumed, output_sample_rate_hz=session.out_rate or 22050))
+            while True:
+                event = await session.out.get()
+                if event is None:
+                    break
+                yield event
+            exc = pump.exception() if pump.done() else None
+            if exc is not None:
+                raise exc
+        finally:
+            pump.cancel()
+            with contextlib.suppress(BaseException):
+                await pump
+            session.close_window(end_span=True)
+            for task in list(session._reply_tasks):
+                task.cancel()
+            self.sessions.pop(session.id, None)
+            if self.convlog is not None:
+                self.convlog.session_ended(session_id=session.id, reason="stream closed",
+                                           turn_count=len(session.stored.history) // 2, duration_ms=0)
+
+    async def _pump(self, session: Session, rest: AsyncIterator[tuple[str, Any]]) -> None:
+        """Feed client messages to the session; at half-close, finish the turn and end the event stream."""
+        try:
+            async for kind, value in rest:
+                if kind == "audio":
+                    await session.on_audio(value)
+                elif kind == "text":
+                    await session.on_text(value.text)
+                elif kind == "interrupt":
+                    session.on_interrupt(value.played_ms)
+                elif kind == "feedback":
+                    await session.on_feedback(value)
+                elif kind == "playback":
+                    session.on_playback(value)
+            await session.end_of_input()
+        except StageError as e:
+            session.error(e.code, e.message)
+            raise
+        finally:
+            session.out.put_nowait(None)
+
+    async def ListVoices(  # noqa: N802
+        self, request: pb.ListVoicesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListVoicesResponse:
+        await self.stages.refresh_catalogs()
+        return pb.ListVoicesResponse(voices=[
+            pb.Voice(name=v.name, languages=v.languages, sample_rate_hz=v.sample_rate_hz)
+            for v in self.stages.voices.values()
+        ])

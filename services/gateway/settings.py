@@ -1,0 +1,49 @@
+"""Gateway settings (env prefix ``STEPAUDIO_GATEWAY_``)."""
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.kit.settings import ServiceSettings
+
+
+class GatewaySettings(ServiceSettings):
+    """Settings of the conversation gateway."""
+
+    model_config = SettingsConfigDict(env_prefix="STEPAUDIO_GATEWAY_", extra="ignore")
+
+    port: int = Field(50051, description="gRPC port of ConversationService.")
+    vad_addr: str = Field("127.0.0.1:50052", description="VAD service host:port.")
+    tokenizer_addr: str = Field("127.0.0.1:50053", description="Tokenizer service host:port.")
+    llm_addr: str = Field("127.0.0.1:50054", description="LLM service host:port.")
+    tools_addr: str = Field("127.0.0.1:50055", description="Tools service host:port.")
+    tts_addr: str = Field("127.0.0.1:50056", description="TTS service host:port.")
+    redis_url: str = Field("", description="Redis URL for sessions, e.g. redis://redis:6379/0; empty keeps them "
+                                           "in process memory (embedded default).")
+    session_ttl_s: int = Field(86400, description="Idle time after which a stored session expires, in seconds.")
+    max_history_messages: int = Field(20, description="Most history messages sent to the LLM (oldest dropped).")
+    max_sessions: int = Field(200, description="Concurrent sessions this gateway accepts (RESOURCE_EXHAUSTED beyond).")
+    system_prompt: str = Field(
+        "You are a friendly voice assistant. Answer in one or two short spoken sentences. No lists, no markdown.",
+        description="Default system prompt.",
+    )
+    max_reply_tokens: int = Field(96, description="Default maximum reply length in LLM tokens.")
+    temperature: float = Field(0.3, description="Default LLM sampling temperature.")
+    max_tool_rounds: int = Field(3, description="Most LLM -> tool -> LLM rounds in one turn.")
+    tool_timeout_s: float = Field(5.0, description="Deadline of one tool call, in seconds.")
+    tool_filler: str = Field("One moment.", description="Spoken while a tool runs; empty disables the filler.")
+    start_threshold: float = Field(0.5, description="Default VAD speech threshold.")
+    min_speech_ms: int = Field(100, description="Default speech needed to report speech started, in ms.")
+    pause_ms: int = Field(200, description="Default silence that makes the user 'paused', in ms.")
+    endpoint_ms: int = Field(500, description="Default silence that ends the user's turn, in ms.")
+    prefix_padding_ms: int = Field(300, description="Default audio kept before speech start for ASR, in ms.")
+    min_interruption_ms: int = Field(300, description="Default user speech during a reply that cancels it, in ms.")
+    false_interruption_timeout_s: float = Field(
+        2.0, description="After a too-short interruption, resume the paused reply within this time."
+    )
+    speculative: bool = Field(True, description="Default: start replies at the pause, commit at the endpoint.")
+    incremental_asr: bool = Field(True, description="Transcribe while the user speaks (partial transcripts).")
+    partial_interval_ms: int = Field(700, description="Audio between partial transcripts, in ms.")
+    output_lead_ms: int = Field(
+        150, description="Reply audio is sent at real-time pace, at most this far ahead of playback, in ms."
+    )
+    conversation_log: bool = Field(True, description="Write conversation events to the log spool / Kafka.")
