@@ -356,7 +356,7 @@ class ConversationLogger:
             self._wake_writer.wait(timeout=wait_s)
             self._wake_writer.clear()
             while self._queue:
-                batch = []
+                batch: list[Any] = []
                 while self._queue and len(batch) < 256:
                     batch.append(self._queue.popleft())
                 payloads = []
@@ -431,9 +431,9 @@ class ConversationLogger:
                     self._stop.wait(s.reconnect_backoff_s)
                     continue
             if self._errors:
-                g, exc = self._errors.popleft()
+                g, err = self._errors.popleft()
                 if g == gen:
-                    reset(exc)
+                    reset(err)
                     self._stop.wait(s.reconnect_backoff_s)
                     continue
             # advance the ack position over the contiguous acknowledged prefix
@@ -484,7 +484,7 @@ class ConversationLogger:
 
 def read_spooled_events(spool: Spool) -> Sequence[logs_pb2.ConversationEvent]:
     """Decode every undelivered event in a spool (for spool-only deployments and tests)."""
-    out = []
+    out: list[logs_pb2.ConversationEvent] = []
     pos = spool.acked_position()
     while True:
         recs = spool.read(pos, 10_000)

@@ -117,26 +117,26 @@ def build_pairs(
             return None
         return max(pool, key=lambda c: (c.score() if c.score() is not None else 3.0, c.alt))
 
-    for a in sorted(deaf):
+    for d in sorted(deaf):
         ch = best(good)
-        decided[(a, ch.alt if ch else None)] = "deaf_hacking"
-    for i, a in enumerate(good):
-        for b in good[i + 1 :]:
-            sa, sb = a.score(), b.score()
+        decided[(d, ch.alt if ch else None)] = "deaf_hacking"
+    for i, x in enumerate(good):
+        for y in good[i + 1 :]:
+            sa, sb = x.score(), y.score()
             if sa is None or sb is None or sa == sb:
                 continue
-            hi, lo = (a, b) if sa > sb else (b, a)
-            decided[(lo.alt, hi.alt)] = "rating" if (a.rating and b.rating) else "thumbs"
-    for a in good:
-        b = cands.get(a.alt + 1)
-        if not a.regenerate or b is None or b.alt in deaf:
+            hi, lo = (x, y) if sa > sb else (y, x)
+            decided[(lo.alt, hi.alt)] = "rating" if (x.rating and y.rating) else "thumbs"
+    for x in good:
+        nxt = cands.get(x.alt + 1)
+        if not x.regenerate or nxt is None or nxt.alt in deaf:
             continue
-        sa, sb = a.score(), b.score()
+        sa, sb = x.score(), nxt.score()
         if sa is not None and sb is not None:
             continue
         if sb is not None and sb <= 2:
             continue
-        decided.setdefault((a.alt, b.alt), "regenerate")
+        decided.setdefault((x.alt, nxt.alt), "regenerate")
 
     all_ids = sorted({turn.event_id} | {e.event_id for e in events if e.WhichOneof("payload") in
                                         ("reply_regenerated", "feedback_given")})

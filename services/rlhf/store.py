@@ -188,7 +188,7 @@ class DatasetStore:
 
     def shard_lines(self) -> list[dict[str, Any]]:
         """Every pair in the shards listed by the manifest (tests, tools)."""
-        out = []
+        out: list[dict[str, Any]] = []
         for s in self.manifest()["shards"]:
             with open(self.root / s["name"]) as f:
                 out.extend(json.loads(line) for line in f if line.strip())
