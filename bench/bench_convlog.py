@@ -61,8 +61,13 @@ def main() -> None:
     print(_row("baseline no-op call", lat, time.perf_counter() - t0, a.n, True), flush=True)
 
     for name in ("emit(event)", "turn_recorded(...)"):
-        st = ConvlogSettings(spool_dir=tmp / name[:4] / "spool", audio_dir=tmp / "audio", bootstrap_servers=a.bootstrap,
-                             topic=a.topic, fsync_policy=a.fsync)
+        st = ConvlogSettings(
+            spool_dir=tmp / name[:4] / "spool",
+            audio_dir=tmp / "audio",
+            bootstrap_servers=a.bootstrap,
+            topic=a.topic,
+            fsync_policy=a.fsync,
+        )
         log = ConversationLogger(st).start()
         lat = []
         t0 = time.perf_counter()
@@ -75,10 +80,15 @@ def main() -> None:
                 log.emit(ev)
             else:
                 s = time.perf_counter()
-                log.turn_recorded(session_id=f"s{i % 100}", turn_id=f"t{i}", consent=True,
-                                  user_transcript="what's the weather like in Paris tomorrow",
-                                  transcript_confidence=0.93, reply_text="Tomorrow in Paris: sunny, 21 degrees.",
-                                  latencies={"first_audio_ms": 420, "total_ms": 2100})
+                log.turn_recorded(
+                    session_id=f"s{i % 100}",
+                    turn_id=f"t{i}",
+                    consent=True,
+                    user_transcript="what's the weather like in Paris tomorrow",
+                    transcript_confidence=0.93,
+                    reply_text="Tomorrow in Paris: sunny, 21 degrees.",
+                    latencies={"first_audio_ms": 420, "total_ms": 2100},
+                )
             lat.append(time.perf_counter() - s)
             pace()
         ok = log.flush(120)

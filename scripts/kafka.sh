@@ -162,9 +162,9 @@ cmd_status() {
   return 1
 }
 
-cmd_topics() {
+cmd_topics() {  # one-node local brokers get --local unless other args are given
   local bootstrap="${1:?usage: kafka.sh topics BOOTSTRAP [topics.py args]}"; shift
-  cd "$ROOT" && exec "$PYTHON" -m services.convlog.topics --bootstrap "$bootstrap" "$@"
+  cd "$ROOT" && exec "$PYTHON" -m services.convlog.topics --bootstrap "$bootstrap" "${@:---local}"
 }
 
 case "${1:-}" in

@@ -68,17 +68,24 @@ _KIND = {
     CARD: logs_pb2.REDACTION_KIND_CARD,
     NO_CONSENT: logs_pb2.REDACTION_KIND_NO_CONSENT,
 }
-_THUMBS = {None: logs_pb2.THUMBS_UNSPECIFIED, "up": logs_pb2.THUMBS_UP, "down": logs_pb2.THUMBS_DOWN,
-           True: logs_pb2.THUMBS_UP, False: logs_pb2.THUMBS_DOWN}
+_THUMBS = {
+    None: logs_pb2.THUMBS_UNSPECIFIED,
+    "up": logs_pb2.THUMBS_UP,
+    "down": logs_pb2.THUMBS_DOWN,
+    True: logs_pb2.THUMBS_UP,
+    False: logs_pb2.THUMBS_DOWN,
+}
 _REASON = {
     "user_hangup": logs_pb2.SESSION_END_REASON_USER_HANGUP,
     "idle_timeout": logs_pb2.SESSION_END_REASON_IDLE_TIMEOUT,
     "error": logs_pb2.SESSION_END_REASON_ERROR,
     "server_shutdown": logs_pb2.SESSION_END_REASON_SERVER_SHUTDOWN,
 }
-_HEADERS = [("content-type", b"application/x-protobuf"),
-            ("schema", b"stepaudio.logs.v1.ConversationEvent"),
-            ("schema-version", str(SCHEMA_VERSION).encode())]
+_HEADERS = [
+    ("content-type", b"application/x-protobuf"),
+    ("schema", b"stepaudio.logs.v1.ConversationEvent"),
+    ("schema-version", str(SCHEMA_VERSION).encode()),
+]
 
 
 def encode_record(key: bytes, value: bytes) -> bytes:
@@ -136,9 +143,15 @@ class ConversationLogger:
             if self._threads or not self.settings.enabled:
                 return self
             s = self.settings
-            self.spool = Spool(s.spool_dir, fsync_policy=s.fsync_policy, fsync_interval_ms=s.fsync_interval_ms,
-                               max_bytes=s.max_spool_bytes, segment_bytes=s.segment_bytes,
-                               full_policy=s.full_policy, ack_persist_interval_ms=s.ack_flush_interval_ms)
+            self.spool = Spool(
+                s.spool_dir,
+                fsync_policy=s.fsync_policy,
+                fsync_interval_ms=s.fsync_interval_ms,
+                max_bytes=s.max_spool_bytes,
+                segment_bytes=s.segment_bytes,
+                full_policy=s.full_policy,
+                ack_persist_interval_ms=s.ack_flush_interval_ms,
+            )
             self._stop.clear()
             self._threads = [threading.Thread(target=self._writer_loop, name="convlog-writer", daemon=True)]
             if self._kafka:
@@ -180,8 +193,11 @@ class ConversationLogger:
     def stats(self) -> dict[str, Any]:
         """Counters for tests and the bench."""
         return {
-            "enqueued": self._enqueued, "written": self._written, "delivered": self.delivered,
-            "send_errors": self.send_errors, "queue_depth": len(self._queue),
+            "enqueued": self._enqueued,
+            "written": self._written,
+            "delivered": self.delivered,
+            "send_errors": self.send_errors,
+            "queue_depth": len(self._queue),
             "spool_pending": self.spool.pending if self.spool else 0,
             "spool_bytes": self.spool.total_bytes() if self.spool else 0,
         }
@@ -221,12 +237,23 @@ class ConversationLogger:
         return event_id
 
     def turn_recorded(
-        self, *, session_id: str, turn_id: str, user_transcript: str, reply_text: str,
-        transcript_confidence: float = 0.0, user_audio: AudioClip | None = None,
-        reply_audio: AudioClip | None = None, tool_calls: Iterable[Mapping[str, Any]] = (),
-        interruption: tuple[int, str] | None = None, latencies: Mapping[str, int] | None = None,
-        consent: bool = False, tenant: str | None = None, model_version: str | None = None,
-        prompt_version: str | None = None, occurred_at: datetime | float | None = None,
+        self,
+        *,
+        session_id: str,
+        turn_id: str,
+        user_transcript: str,
+        reply_text: str,
+        transcript_confidence: float = 0.0,
+        user_audio: AudioClip | None = None,
+        reply_audio: AudioClip | None = None,
+        tool_calls: Iterable[Mapping[str, Any]] = (),
+        interruption: tuple[int, str] | None = None,
+        latencies: Mapping[str, int] | None = None,
+        consent: bool = False,
+        tenant: str | None = None,
+        model_version: str | None = None,
+        prompt_version: str | None = None,
+        occurred_at: datetime | float | None = None,
     ) -> str:
         """Log a completed turn. tool_calls items: name, call_id, arguments, result, error, latency_ms."""
         calls = [dict(c) for c in tool_calls]
@@ -247,10 +274,12 @@ class ConversationLogger:
             for i, c in enumerate(calls):
                 args, res = c.get("arguments", ""), c.get("result", "")
                 t.tool_calls.add(
-                    call_id=str(c.get("call_id", i)), name=str(c.get("name", "")),
+                    call_id=str(c.get("call_id", i)),
+                    name=str(c.get("name", "")),
                     arguments_json=self._text(ev, args if isinstance(args, str) else json.dumps(args), consent),
                     result_json=self._text(ev, res if isinstance(res, str) else json.dumps(res), consent),
-                    error=str(c.get("error", "")), latency_ms=int(c.get("latency_ms", 0)),
+                    error=str(c.get("error", "")),
+                    latency_ms=int(c.get("latency_ms", 0)),
                 )
             if interruption is not None:
                 t.interruption.audio_offset_ms = int(interruption[0])
@@ -259,13 +288,30 @@ class ConversationLogger:
                 for k, v in lat.items():
                     setattr(t.latencies, k, int(v))
 
-        return self._submit(build, session_id=session_id, turn_id=turn_id, consent=consent, tenant=tenant,
-                            model_version=model_version, prompt_version=prompt_version, occurred_at=occurred_at)
+        return self._submit(
+            build,
+            session_id=session_id,
+            turn_id=turn_id,
+            consent=consent,
+            tenant=tenant,
+            model_version=model_version,
+            prompt_version=prompt_version,
+            occurred_at=occurred_at,
+        )
 
     def feedback(
-        self, *, session_id: str, turn_id: str, rating: int = 0, thumbs: str | bool | None = None,
-        regenerate: bool = False, comment: str = "", alternative_index: int = 0, consent: bool = False,
-        tenant: str | None = None, occurred_at: datetime | float | None = None,
+        self,
+        *,
+        session_id: str,
+        turn_id: str,
+        rating: int = 0,
+        thumbs: str | bool | None = None,
+        regenerate: bool = False,
+        comment: str = "",
+        alternative_index: int = 0,
+        consent: bool = False,
+        tenant: str | None = None,
+        occurred_at: datetime | float | None = None,
     ) -> str:
         """Log feedback on a turn's reply (rating 1-5 or 0, thumbs 'up'/'down', regenerate request)."""
         if not 0 <= rating <= 5:
@@ -280,13 +326,23 @@ class ConversationLogger:
             f.comment = self._text(ev, comment, consent, personal=True)
             f.target_alternative_index = alternative_index
 
-        return self._submit(build, session_id=session_id, turn_id=turn_id, consent=consent, tenant=tenant,
-                            occurred_at=occurred_at)
+        return self._submit(
+            build, session_id=session_id, turn_id=turn_id, consent=consent, tenant=tenant, occurred_at=occurred_at
+        )
 
     def reply_regenerated(
-        self, *, session_id: str, turn_id: str, reply_text: str, alternative_index: int,
-        reply_audio: AudioClip | None = None, rating: int = 0, consent: bool = False, tenant: str | None = None,
-        model_version: str | None = None, occurred_at: datetime | float | None = None,
+        self,
+        *,
+        session_id: str,
+        turn_id: str,
+        reply_text: str,
+        alternative_index: int,
+        reply_audio: AudioClip | None = None,
+        rating: int = 0,
+        consent: bool = False,
+        tenant: str | None = None,
+        model_version: str | None = None,
+        occurred_at: datetime | float | None = None,
     ) -> str:
         """Log a regenerated reply (alternative_index 1, 2, ...) for a turn."""
 
@@ -301,12 +357,26 @@ class ConversationLogger:
                 if ref is not None:
                     r.reply_audio.CopyFrom(ref)
 
-        return self._submit(build, session_id=session_id, turn_id=turn_id, consent=consent, tenant=tenant,
-                            model_version=model_version, occurred_at=occurred_at)
+        return self._submit(
+            build,
+            session_id=session_id,
+            turn_id=turn_id,
+            consent=consent,
+            tenant=tenant,
+            model_version=model_version,
+            occurred_at=occurred_at,
+        )
 
     def session_ended(
-        self, *, session_id: str, reason: str = "user_hangup", turn_count: int = 0, duration_ms: int = 0,
-        consent: bool = False, tenant: str | None = None, occurred_at: datetime | float | None = None,
+        self,
+        *,
+        session_id: str,
+        reason: str = "user_hangup",
+        turn_count: int = 0,
+        duration_ms: int = 0,
+        consent: bool = False,
+        tenant: str | None = None,
+        occurred_at: datetime | float | None = None,
     ) -> str:
         """Log the end of a session (reason: user_hangup, idle_timeout, error, server_shutdown)."""
 
@@ -316,8 +386,9 @@ class ConversationLogger:
             e.turn_count = turn_count
             e.duration_ms = duration_ms
 
-        return self._submit(build, session_id=session_id, turn_id="", consent=consent, tenant=tenant,
-                            occurred_at=occurred_at)
+        return self._submit(
+            build, session_id=session_id, turn_id="", consent=consent, tenant=tenant, occurred_at=occurred_at
+        )
 
     # ------------------------------------------------------------------ writer thread
     def _text(self, ev: logs_pb2.ConversationEvent, text: str, consent: bool, personal: bool = False) -> str:
@@ -337,8 +408,12 @@ class ConversationLogger:
         event_id, now_ns, build, env = item
         s = self.settings
         ev = logs_pb2.ConversationEvent(
-            event_id=event_id, schema_version=SCHEMA_VERSION, session_id=env["session_id"],
-            turn_id=env["turn_id"], tenant=env["tenant"] or s.default_tenant, consent=env["consent"],
+            event_id=event_id,
+            schema_version=SCHEMA_VERSION,
+            session_id=env["session_id"],
+            turn_id=env["turn_id"],
+            tenant=env["tenant"] or s.default_tenant,
+            consent=env["consent"],
             model_version=env.get("model_version") or s.model_version,
             prompt_version=env.get("prompt_version") or s.prompt_version,
         )
@@ -386,9 +461,14 @@ class ConversationLogger:
         s = self.settings
         kwargs = dict(
             bootstrap_servers=[b.strip() for b in s.bootstrap_servers.split(",") if b.strip()],
-            client_id=s.client_id, enable_idempotence=True, acks="all", linger_ms=s.linger_ms,
-            request_timeout_ms=s.request_timeout_ms, delivery_timeout_ms=s.delivery_timeout_ms,
-            max_block_ms=max(1000, s.request_timeout_ms), reconnect_backoff_max_ms=2000,
+            client_id=s.client_id,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=s.linger_ms,
+            request_timeout_ms=s.request_timeout_ms,
+            delivery_timeout_ms=s.delivery_timeout_ms,
+            max_block_ms=max(1000, s.request_timeout_ms),
+            reconnect_backoff_max_ms=2000,
         )
         if self._producer_factory is not None:
             return self._producer_factory(**kwargs)

@@ -71,7 +71,7 @@ def redact(text: str) -> tuple[str, list[str]]:
         if not re.search(r"[+ ().-]", stripped) and len(digits) < 9:
             return s
         note(PHONE)
-        return "[PHONE]" + s[len(stripped):]
+        return "[PHONE]" + s[len(stripped) :]
 
     out = _EMAIL_RE.sub(email, text)
     out = _CARD_RE.sub(card, out)

@@ -42,8 +42,13 @@ class TopicSpec:
         }
 
 
-def specs(*, local: bool, partitions: int | None = None, topic: str = "stepaudio.conversation.v1",
-          dlq_topic: str = "stepaudio.conversation.dlq.v1") -> list[TopicSpec]:
+def specs(
+    *,
+    local: bool,
+    partitions: int | None = None,
+    topic: str = "stepaudio.conversation.v1",
+    dlq_topic: str = "stepaudio.conversation.dlq.v1",
+) -> list[TopicSpec]:
     """Topic specs for production (local=False) or a one-node dev/test broker (local=True)."""
     rf, isr = (1, 1) if local else (3, 2)
     return [
@@ -57,16 +62,19 @@ def ensure_topics(bootstrap: str, topic_specs: list[TopicSpec], timeout_s: float
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="stepaudio-topics",
-                             request_timeout_ms=int(timeout_s * 1000))
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap, client_id="stepaudio-topics", request_timeout_ms=int(timeout_s * 1000)
+    )
     try:
         existing = set(admin.list_topics())
         todo = [t for t in topic_specs if t.name not in existing]
         created = []
         for t in todo:
             try:
-                admin.create_topics([NewTopic(t.name, t.partitions, t.replication, topic_configs=t.configs())],
-                                    timeout_ms=int(timeout_s * 1000))
+                admin.create_topics(
+                    [NewTopic(t.name, t.partitions, t.replication, topic_configs=t.configs())],
+                    timeout_ms=int(timeout_s * 1000),
+                )
                 created.append(t.name)
             except TopicAlreadyExistsError:
                 pass

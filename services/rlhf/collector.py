@@ -76,13 +76,20 @@ class Collector:
         s = self.settings
         servers = [b.strip() for b in s.bootstrap_servers.split(",") if b.strip()]
         self.consumer = KafkaConsumer(
-            s.topic, bootstrap_servers=servers, group_id=s.group_id, client_id=s.client_id,
-            enable_auto_commit=False, auto_offset_reset=s.auto_offset_reset, max_poll_records=s.max_poll_records,
-            session_timeout_ms=s.session_timeout_ms, heartbeat_interval_ms=s.heartbeat_interval_ms,
+            s.topic,
+            bootstrap_servers=servers,
+            group_id=s.group_id,
+            client_id=s.client_id,
+            enable_auto_commit=False,
+            auto_offset_reset=s.auto_offset_reset,
+            max_poll_records=s.max_poll_records,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=s.heartbeat_interval_ms,
             max_poll_interval_ms=s.max_poll_interval_ms,
         )
-        self.dlq = KafkaProducer(bootstrap_servers=servers, client_id=s.client_id + "-dlq", acks="all",
-                                 enable_idempotence=True)
+        self.dlq = KafkaProducer(
+            bootstrap_servers=servers, client_id=s.client_id + "-dlq", acks="all", enable_idempotence=True
+        )
 
     def commit_offsets(self) -> None:
         """Commit the consumer positions (step 4 of the protocol)."""
@@ -110,8 +117,12 @@ class Collector:
     def _send_dlq(self, bad: list[tuple[Any, str]]) -> None:
         futs = []
         for r, why in bad:
-            headers = [("error", why.encode()[:1000]), ("source-topic", r.topic.encode()),
-                       ("source-partition", str(r.partition).encode()), ("source-offset", str(r.offset).encode())]
+            headers = [
+                ("error", why.encode()[:1000]),
+                ("source-topic", r.topic.encode()),
+                ("source-partition", str(r.partition).encode()),
+                ("source-offset", str(r.offset).encode()),
+            ]
             futs.append(self.dlq.send(self.settings.dlq_topic, key=r.key, value=r.value or b"", headers=headers))
         self.dlq.flush()
         for f in futs:
@@ -128,8 +139,12 @@ class Collector:
             try:
                 good.append((r, parse_event(r.value)))
             except MalformedEvent as exc:
-                if db.execute("SELECT 1 FROM dlq WHERE topic=? AND part=? AND off=?",
-                              (r.topic, r.partition, r.offset)).fetchone() is None:
+                if (
+                    db.execute(
+                        "SELECT 1 FROM dlq WHERE topic=? AND part=? AND off=?", (r.topic, r.partition, r.offset)
+                    ).fetchone()
+                    is None
+                ):
                     bad.append((r, str(exc)))
                 seen_dlq.add((r.topic, r.partition, r.offset))
         if bad:
@@ -144,8 +159,10 @@ class Collector:
                 kind = ev.WhichOneof("payload")
                 t = ev.occurred_at.ToNanoseconds()
                 watermark = max(watermark, t)
-                cur = db.execute("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?)",
-                                 (ev.event_id, ev.session_id, ev.turn_id, kind, t, ev.SerializeToString()))
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?)",
+                    (ev.event_id, ev.session_id, ev.turn_id, kind, t, ev.SerializeToString()),
+                )
                 if cur.rowcount == 0:
                     res.duplicates += 1
                     continue
@@ -153,15 +170,18 @@ class Collector:
                 if kind == "session_ended":
                     ended.add(ev.session_id)
                     continue
-                row = db.execute("SELECT finalized FROM turns WHERE session_id=? AND turn_id=?",
-                                 (ev.session_id, ev.turn_id)).fetchone()
+                row = db.execute(
+                    "SELECT finalized FROM turns WHERE session_id=? AND turn_id=?", (ev.session_id, ev.turn_id)
+                ).fetchone()
                 if row is not None and row[0]:
                     self.store.bump("late")
                     continue
-                db.execute("INSERT INTO turns(session_id, turn_id, last_ns, consent) VALUES (?, ?, ?, ?) "
-                           "ON CONFLICT(session_id, turn_id) DO UPDATE SET last_ns = MAX(last_ns, excluded.last_ns),"
-                           " consent = MAX(consent, excluded.consent)",
-                           (ev.session_id, ev.turn_id, t, int(ev.consent and kind == "turn_recorded")))
+                db.execute(
+                    "INSERT INTO turns(session_id, turn_id, last_ns, consent) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(session_id, turn_id) DO UPDATE SET last_ns = MAX(last_ns, excluded.last_ns),"
+                    " consent = MAX(consent, excluded.consent)",
+                    (ev.session_id, ev.turn_id, t, int(ev.consent and kind == "turn_recorded")),
+                )
             res.pairs = self._finalize(ended, watermark)
             self.store.bump("events", res.events)
             self.store.bump("duplicates", res.duplicates)
@@ -179,11 +199,14 @@ class Collector:
         s = self.settings
         todo = []
         for sid in ended:
-            todo += db.execute("SELECT session_id, turn_id, consent FROM turns WHERE session_id=? AND finalized=0",
-                               (sid,)).fetchall()
+            todo += db.execute(
+                "SELECT session_id, turn_id, consent FROM turns WHERE session_id=? AND finalized=0", (sid,)
+            ).fetchall()
         if watermark:
-            todo += db.execute("SELECT session_id, turn_id, consent FROM turns WHERE finalized=0 AND last_ns < ?",
-                               (watermark - int(s.finalize_after_s * 1e9),)).fetchall()
+            todo += db.execute(
+                "SELECT session_id, turn_id, consent FROM turns WHERE finalized=0 AND last_ns < ?",
+                (watermark - int(s.finalize_after_s * 1e9),),
+            ).fetchall()
         pairs = 0
         now = time.time()
         for sid, tid, consent in dict.fromkeys(todo):
@@ -192,11 +215,17 @@ class Collector:
             if s.require_consent and not consent:
                 self.store.bump("no_consent")
             else:
-                events = [logs_pb2.ConversationEvent.FromString(b[0]) for b in db.execute(
-                    "SELECT blob FROM events WHERE session_id=? AND turn_id=? AND blob IS NOT NULL", (sid, tid))]
+                events = [
+                    logs_pb2.ConversationEvent.FromString(b[0])
+                    for b in db.execute(
+                        "SELECT blob FROM events WHERE session_id=? AND turn_id=? AND blob IS NOT NULL", (sid, tid)
+                    )
+                ]
                 for p in build_pairs(events, deaf_confidence=s.deaf_confidence):
-                    cur = db.execute("INSERT OR IGNORE INTO pairs VALUES (?, ?, ?, ?, ?, NULL)",
-                                     (p.pair_id, p.occurred_at.ToNanoseconds(), p.reason, pair_json(p), now))
+                    cur = db.execute(
+                        "INSERT OR IGNORE INTO pairs VALUES (?, ?, ?, ?, ?, NULL)",
+                        (p.pair_id, p.occurred_at.ToNanoseconds(), p.reason, pair_json(p), now),
+                    )
                     pairs += cur.rowcount
             # the join state is no longer needed; the id stays for deduplication
             db.execute("UPDATE events SET blob=NULL WHERE session_id=? AND turn_id=?", (sid, tid))
@@ -205,8 +234,11 @@ class Collector:
     def maybe_flush_shard(self, force: bool = False) -> str | None:
         """Step 3: write a shard when enough pairs are pending or the oldest is old enough."""
         n, oldest = self.store.pending_pairs()
-        if n and (force or n >= self.settings.shard_max_pairs
-                  or (oldest is not None and time.time() - oldest >= self.settings.shard_max_age_s)):
+        if n and (
+            force
+            or n >= self.settings.shard_max_pairs
+            or (oldest is not None and time.time() - oldest >= self.settings.shard_max_age_s)
+        ):
             return self.store.flush_shard()
         return None
 

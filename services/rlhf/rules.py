@@ -63,8 +63,9 @@ class Candidate:
 
     def to_proto(self) -> logs_pb2.PreferenceCandidate:
         """As a PreferenceCandidate message."""
-        c = logs_pb2.PreferenceCandidate(text=self.text, score=self.score() or 0.0, source_event_id=self.event_id,
-                                         alternative_index=self.alt)
+        c = logs_pb2.PreferenceCandidate(
+            text=self.text, score=self.score() or 0.0, source_event_id=self.event_id, alternative_index=self.alt
+        )
         if self.audio is not None and self.audio.uri:
             c.audio.CopyFrom(self.audio)
         return c
@@ -90,8 +91,12 @@ def build_pairs(
             r = e.reply_regenerated
             if r.alternative_index > 0 and r.alternative_index not in cands:
                 cands[r.alternative_index] = Candidate(
-                    r.alternative_index, r.reply_text, e.event_id,
-                    r.reply_audio if r.HasField("reply_audio") else None, rating=r.rating)
+                    r.alternative_index,
+                    r.reply_text,
+                    e.event_id,
+                    r.reply_audio if r.HasField("reply_audio") else None,
+                    rating=r.rating,
+                )
     for e in sorted(events, key=_time):
         if e.WhichOneof("payload") == "feedback_given":
             f = e.feedback_given
@@ -138,14 +143,21 @@ def build_pairs(
             continue
         decided.setdefault((x.alt, nxt.alt), "regenerate")
 
-    all_ids = sorted({turn.event_id} | {e.event_id for e in events if e.WhichOneof("payload") in
-                                        ("reply_regenerated", "feedback_given")})
+    all_ids = sorted(
+        {turn.event_id}
+        | {e.event_id for e in events if e.WhichOneof("payload") in ("reply_regenerated", "feedback_given")}
+    )
     pairs = []
     for (rej, cho), reason in sorted(decided.items(), key=lambda kv: (kv[0][0], kv[0][1] or -1)):
         p = logs_pb2.PreferencePair(
             pair_id=str(uuid.uuid5(_NS, f"{turn.session_id}/{turn.turn_id}/{cho}/{rej}")),
-            session_id=turn.session_id, turn_id=turn.turn_id, tenant=turn.tenant, prompt_text=tr.user_transcript,
-            prompt_confidence=tr.transcript_confidence, rejected=cands[rej].to_proto(), reason=reason,
+            session_id=turn.session_id,
+            turn_id=turn.turn_id,
+            tenant=turn.tenant,
+            prompt_text=tr.user_transcript,
+            prompt_confidence=tr.transcript_confidence,
+            rejected=cands[rej].to_proto(),
+            reason=reason,
             model_version=turn.model_version,
         )
         if cho is not None:

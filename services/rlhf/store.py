@@ -64,8 +64,9 @@ def iso(ns: int | None) -> str | None:
 
 def pair_json(p: logs_pb2.PreferencePair) -> str:
     """One JSONL line (no newline) for a pair."""
-    return json.dumps(json_format.MessageToDict(p, preserving_proto_field_name=True), ensure_ascii=False,
-                      sort_keys=True)
+    return json.dumps(
+        json_format.MessageToDict(p, preserving_proto_field_name=True), ensure_ascii=False, sort_keys=True
+    )
 
 
 def write_shard(path: Path, lines: Iterable[str]) -> tuple[int, int, str]:
@@ -128,8 +129,11 @@ class DatasetStore:
     def bump(self, name: str, n: int = 1) -> None:
         """Add to a counter (inside the caller's transaction)."""
         if n:
-            self.db.execute("INSERT INTO counters(name, value) VALUES (?, ?) "
-                            "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (name, n))
+            self.db.execute(
+                "INSERT INTO counters(name, value) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                (name, n),
+            )
 
     # ------------------------------------------------------------------ shards and manifest
     def pending_pairs(self) -> tuple[int, float | None]:
@@ -149,8 +153,10 @@ class DatasetStore:
         n, size, sha = write_shard(self.shard_dir / name, (r[2] for r in rows))
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            self.db.execute("INSERT INTO shards VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            (name, n, size, sha, min(r[1] for r in rows), max(r[1] for r in rows), time.time()))
+            self.db.execute(
+                "INSERT INTO shards VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (name, n, size, sha, min(r[1] for r in rows), max(r[1] for r in rows), time.time()),
+            )
             self.db.executemany("UPDATE pairs SET shard = ? WHERE pair_id = ?", [(name, r[0]) for r in rows])
             self.db.execute("COMMIT")
         except BaseException:
@@ -162,24 +168,42 @@ class DatasetStore:
     def manifest(self) -> dict[str, Any]:
         """The manifest as a dict."""
         shards = self.db.execute(
-            "SELECT name, pairs, bytes, sha256, min_ns, max_ns FROM shards ORDER BY name").fetchall()
-        reasons = dict(self.db.execute(
-            "SELECT reason, COUNT(*) FROM pairs WHERE shard IS NOT NULL GROUP BY reason").fetchall())
+            "SELECT name, pairs, bytes, sha256, min_ns, max_ns FROM shards ORDER BY name"
+        ).fetchall()
+        reasons = dict(
+            self.db.execute("SELECT reason, COUNT(*) FROM pairs WHERE shard IS NOT NULL GROUP BY reason").fetchall()
+        )
         c = self.counters()
         return {
             "dataset": "stepaudio-preference-pairs",
             "schema": "stepaudio.logs.v1.PreferencePair",
             "format": "jsonl (protobuf JSON, proto field names)",
             "counts": {
-                "pairs": sum(s[1] for s in shards), "shards": len(shards), "by_reason": reasons,
-                "events": c.get("events", 0), "duplicates_skipped": c.get("duplicates", 0),
-                "dead_lettered": c.get("dlq", 0), "late_events": c.get("late", 0),
-                "turns_finalized": c.get("turns_finalized", 0), "turns_without_consent": c.get("no_consent", 0),
+                "pairs": sum(s[1] for s in shards),
+                "shards": len(shards),
+                "by_reason": reasons,
+                "events": c.get("events", 0),
+                "duplicates_skipped": c.get("duplicates", 0),
+                "dead_lettered": c.get("dlq", 0),
+                "late_events": c.get("late", 0),
+                "turns_finalized": c.get("turns_finalized", 0),
+                "turns_without_consent": c.get("no_consent", 0),
             },
-            "time_range": {"from": iso(min((s[4] for s in shards), default=None)),
-                           "to": iso(max((s[5] for s in shards), default=None))},
-            "shards": [{"name": f"shards/{s[0]}", "pairs": s[1], "bytes": s[2], "sha256": s[3],
-                        "from": iso(s[4]), "to": iso(s[5])} for s in shards],
+            "time_range": {
+                "from": iso(min((s[4] for s in shards), default=None)),
+                "to": iso(max((s[5] for s in shards), default=None)),
+            },
+            "shards": [
+                {
+                    "name": f"shards/{s[0]}",
+                    "pairs": s[1],
+                    "bytes": s[2],
+                    "sha256": s[3],
+                    "from": iso(s[4]),
+                    "to": iso(s[5]),
+                }
+                for s in shards
+            ],
         }
 
     def write_manifest(self) -> None:
@@ -195,16 +219,24 @@ class DatasetStore:
         return out
 
 
-def export(dataset_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], since_ns: int, until_ns: int,
-           shard_max_pairs: int = 10_000) -> dict[str, Any]:
+def export(
+    dataset_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    since_ns: int,
+    until_ns: int,
+    shard_max_pairs: int = 10_000,
+) -> dict[str, Any]:
     """Copy the published pairs with since <= occurred_at < until into ``out_dir`` (shards + manifest.json)."""
     src = Path(dataset_dir)
     if not (src / "state.sqlite").exists():
         raise FileNotFoundError(f"no dataset at {src} (state.sqlite missing)")
     db = sqlite3.connect(src / "state.sqlite")
     try:
-        rows = db.execute("SELECT occurred_ns, reason, json FROM pairs WHERE shard IS NOT NULL AND occurred_ns >= ? "
-                          "AND occurred_ns < ? ORDER BY occurred_ns, pair_id", (since_ns, until_ns)).fetchall()
+        rows = db.execute(
+            "SELECT occurred_ns, reason, json FROM pairs WHERE shard IS NOT NULL AND occurred_ns >= ? "
+            "AND occurred_ns < ? ORDER BY occurred_ns, pair_id",
+            (since_ns, until_ns),
+        ).fetchall()
     finally:
         db.close()
     out = Path(out_dir)
@@ -217,11 +249,14 @@ def export(dataset_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
         part = rows[i : i + shard_max_pairs]
         name = f"shards/pairs-{i // shard_max_pairs + 1:06d}.jsonl"
         n, size, sha = write_shard(out / name, (r[2] for r in part))
-        shards.append({"name": name, "pairs": n, "bytes": size, "sha256": sha,
-                       "from": iso(part[0][0]), "to": iso(part[-1][0])})
+        shards.append(
+            {"name": name, "pairs": n, "bytes": size, "sha256": sha, "from": iso(part[0][0]), "to": iso(part[-1][0])}
+        )
     manifest = {
-        "dataset": "stepaudio-preference-pairs", "schema": "stepaudio.logs.v1.PreferencePair",
-        "format": "jsonl (protobuf JSON, proto field names)", "source": str(src.resolve()),
+        "dataset": "stepaudio-preference-pairs",
+        "schema": "stepaudio.logs.v1.PreferencePair",
+        "format": "jsonl (protobuf JSON, proto field names)",
+        "source": str(src.resolve()),
         "query": {"since": iso(since_ns), "until": iso(until_ns)},
         "counts": {"pairs": len(rows), "shards": len(shards), "by_reason": reasons},
         "time_range": {"from": iso(rows[0][0]) if rows else None, "to": iso(rows[-1][0]) if rows else None},

@@ -42,8 +42,9 @@ class Broker:
         self.bootstrap = f"127.0.0.1:{port}"
 
     def start(self) -> None:
-        subprocess.run([KAFKA_SH, "start", str(self.port), str(self.data)], check=True, timeout=120,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [KAFKA_SH, "start", str(self.port), str(self.data)], check=True, timeout=120, stdout=subprocess.DEVNULL
+        )
 
     def stop(self) -> None:
         subprocess.run([KAFKA_SH, "stop", str(self.data)], check=True, timeout=60, stdout=subprocess.DEVNULL)

@@ -72,15 +72,49 @@ def test_broker_outage_every_event_once_in_dataset(kafka, tmp_path):
     # export a time range with the CLI
     now = datetime.now(UTC)
     out = tmp_path / "export"
-    r = subprocess.run([sys.executable, "-m", "services.rlhf", "export", "--dataset", str(tmp_path / "dataset"),
-                        "--since", (now - timedelta(hours=1)).isoformat(), "--until", (now + timedelta(hours=1))
-                        .isoformat(), "--out", str(out)], cwd=ROOT_HINT, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.rlhf",
+            "export",
+            "--dataset",
+            str(tmp_path / "dataset"),
+            "--since",
+            (now - timedelta(hours=1)).isoformat(),
+            "--until",
+            (now + timedelta(hours=1)).isoformat(),
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT_HINT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     em = json.loads((out / "manifest.json").read_text())
     assert em["counts"]["pairs"] == turns and all(len(s["sha256"]) == 64 for s in em["shards"])
-    r = subprocess.run([sys.executable, "-m", "services.rlhf", "export", "--dataset", str(tmp_path / "dataset"),
-                        "--since", "2001-01-01T00:00:00Z", "--until", "2001-01-02T00:00:00Z", "--out",
-                        str(tmp_path / "empty")], cwd=ROOT_HINT, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.rlhf",
+            "export",
+            "--dataset",
+            str(tmp_path / "dataset"),
+            "--since",
+            "2001-01-01T00:00:00Z",
+            "--until",
+            "2001-01-02T00:00:00Z",
+            "--out",
+            str(tmp_path / "empty"),
+        ],
+        cwd=ROOT_HINT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0 and json.loads((tmp_path / "empty" / "manifest.json").read_text())["counts"]["pairs"] == 0
 
 
@@ -136,8 +170,9 @@ def test_collector_restart_resumes_without_duplicates(kafka, tmp_path):
 def test_malformed_event_goes_to_dead_letter_and_collector_goes_on(kafka, tmp_path):
     topic, dlq = kafka.topics()
     raw = KafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all")
-    bad_version = logs_pb2.ConversationEvent(event_id="x", session_id="s", schema_version=99,
-                                             session_ended=logs_pb2.SessionEnded()).SerializeToString()
+    bad_version = logs_pb2.ConversationEvent(
+        event_id="x", session_id="s", schema_version=99, session_ended=logs_pb2.SessionEnded()
+    ).SerializeToString()
     raw.send(topic, key=b"c0", value=b"\xff\x00 definitely not protobuf").get(timeout=30)
     raw.send(topic, key=b"c0", value=bad_version).get(timeout=30)
     raw.close()
@@ -153,8 +188,7 @@ def test_malformed_event_goes_to_dead_letter_and_collector_goes_on(kafka, tmp_pa
         assert len(_pairs_by_turn(col)) == turns
     finally:
         col.close()
-    c = KafkaConsumer(dlq, bootstrap_servers=kafka.bootstrap, auto_offset_reset="earliest",
-                      consumer_timeout_ms=5000)
+    c = KafkaConsumer(dlq, bootstrap_servers=kafka.bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=5000)
     msgs = list(c)
     c.close()
     assert len(msgs) == 2
@@ -172,8 +206,16 @@ def test_emit_does_not_block_while_kafka_is_down(kafka, tmp_path):
         ids = set()
         for i in range(3000):
             t0 = time.perf_counter()
-            ids.add(log.turn_recorded(session_id=f"d{i % 50}", turn_id=f"t{i}", user_transcript="hello",
-                                      transcript_confidence=0.9, reply_text="hi there", consent=True))
+            ids.add(
+                log.turn_recorded(
+                    session_id=f"d{i % 50}",
+                    turn_id=f"t{i}",
+                    user_transcript="hello",
+                    transcript_confidence=0.9,
+                    reply_text="hi there",
+                    consent=True,
+                )
+            )
             lat.append(time.perf_counter() - t0)
             if i % 100 == 99:
                 time.sleep(0.005)  # like a server: other work between emits
@@ -187,8 +229,7 @@ def test_emit_does_not_block_while_kafka_is_down(kafka, tmp_path):
         kafka.start()
     assert log.flush(60), log.stats()
     log.close()
-    c = KafkaConsumer(topic, bootstrap_servers=kafka.bootstrap, auto_offset_reset="earliest",
-                      consumer_timeout_ms=5000)
+    c = KafkaConsumer(topic, bootstrap_servers=kafka.bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=5000)
     got = Counter(logs_pb2.ConversationEvent.FromString(m.value).event_id for m in c)
     c.close()
     assert set(got) == ids  # at-least-once on the wire; the collector dedupes on event_id

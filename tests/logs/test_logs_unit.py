@@ -28,8 +28,11 @@ from stepaudio.logs.v1 import logs_pb2
         ("amex 3782-822463-10005", "amex [CARD]", ["card"]),
         ("card 5500005555555559, mail a@b.io", "card [CARD], mail [EMAIL]", ["email", "card"]),
         ("not a card 4111 1111 1111 1112", "not a card 4111 1111 1111 1112", []),
-        ("on 2025-03-14 at 10.30 I paid 1500 for order 12345", "on 2025-03-14 at 10.30 I paid 1500 for order 12345",
-         []),
+        (
+            "on 2025-03-14 at 10.30 I paid 1500 for order 12345",
+            "on 2025-03-14 at 10.30 I paid 1500 for order 12345",
+            [],
+        ),
         ("", "", []),
     ],
 )
@@ -52,11 +55,25 @@ def test_consent_controls_audio_and_transcript(tmp_path):
     log = logger(tmp_path)  # no bootstrap: the spool is the sink
     from services.convlog import AudioClip
 
-    log.turn_recorded(session_id="s1", turn_id="t1", user_transcript="I am bob, bob@x.org", transcript_confidence=0.9,
-                      reply_text="Hi bob, I'll mail bob@x.org", user_audio=AudioClip(_pcm(), 16000),
-                      reply_audio=AudioClip(_pcm(800), 16000), consent=False)
-    log.turn_recorded(session_id="s2", turn_id="t1", user_transcript="call me on +1 415 555 2671",
-                      transcript_confidence=0.9, reply_text="ok", user_audio=AudioClip(_pcm(), 16000), consent=True)
+    log.turn_recorded(
+        session_id="s1",
+        turn_id="t1",
+        user_transcript="I am bob, bob@x.org",
+        transcript_confidence=0.9,
+        reply_text="Hi bob, I'll mail bob@x.org",
+        user_audio=AudioClip(_pcm(), 16000),
+        reply_audio=AudioClip(_pcm(800), 16000),
+        consent=False,
+    )
+    log.turn_recorded(
+        session_id="s2",
+        turn_id="t1",
+        user_transcript="call me on +1 415 555 2671",
+        transcript_confidence=0.9,
+        reply_text="ok",
+        user_audio=AudioClip(_pcm(), 16000),
+        consent=True,
+    )
     log.feedback(session_id="s1", turn_id="t1", rating=1, comment="bad, see bob@x.org", consent=False)
     assert log.flush(10)
     events = {(e.session_id, e.WhichOneof("payload")): e for e in read_spooled_events(log.spool)}
@@ -126,8 +143,16 @@ def test_spool_full_policies(tmp_path):
 def _ev(kind: str, eid: str, t: int, **fields) -> logs_pb2.ConversationEvent:
     ev = logs_pb2.ConversationEvent(event_id=eid, session_id="s", turn_id="t", schema_version=1, consent=True)
     ev.occurred_at.FromSeconds(t)
-    getattr(ev, kind).CopyFrom(getattr(logs_pb2, {"turn_recorded": "TurnRecorded", "feedback_given": "FeedbackGiven",
-                                                   "reply_regenerated": "ReplyRegenerated"}[kind])(**fields))
+    getattr(ev, kind).CopyFrom(
+        getattr(
+            logs_pb2,
+            {
+                "turn_recorded": "TurnRecorded",
+                "feedback_given": "FeedbackGiven",
+                "reply_regenerated": "ReplyRegenerated",
+            }[kind],
+        )(**fields)
+    )
     return ev
 
 
@@ -135,16 +160,29 @@ def test_rules_deaf_hacking_rating_regenerate():
     assert is_deaf_reply("Sorry, I didn't quite hear you.") and is_deaf_reply("抱歉，我没听清")
     assert not is_deaf_reply("I heard that Paris is the capital.")
 
-    turn = _ev("turn_recorded", "e1", 1, user_transcript="what's the weather", transcript_confidence=0.95,
-               reply_text="Sorry, I couldn't hear you, could you repeat?")
+    turn = _ev(
+        "turn_recorded",
+        "e1",
+        1,
+        user_transcript="what's the weather",
+        transcript_confidence=0.95,
+        reply_text="Sorry, I couldn't hear you, could you repeat?",
+    )
     regen = _ev("reply_regenerated", "e2", 2, target_turn_id="t", alternative_index=1, reply_text="Sunny, 21C.")
     up = _ev("feedback_given", "e3", 3, target_turn_id="t", rating=5, target_alternative_index=0)  # liked the dodge
     pairs = build_pairs([up, regen, turn])
     assert [(p.reason, p.chosen.alternative_index, p.rejected.alternative_index) for p in pairs] == [
-        ("deaf_hacking", 1, 0)]
+        ("deaf_hacking", 1, 0)
+    ]
 
-    unclear = _ev("turn_recorded", "e1", 1, user_transcript="wha", transcript_confidence=0.3,
-                  reply_text="Sorry, I didn't catch that.")
+    unclear = _ev(
+        "turn_recorded",
+        "e1",
+        1,
+        user_transcript="wha",
+        transcript_confidence=0.3,
+        reply_text="Sorry, I didn't catch that.",
+    )
     assert build_pairs([unclear]) == []  # asking again is right when the audio was unclear
 
     t2 = _ev("turn_recorded", "e1", 1, user_transcript="tell a joke", transcript_confidence=0.9, reply_text="meh")
