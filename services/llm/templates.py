@@ -155,9 +155,10 @@ def render(
         turns.append((role, text))
     if not turns:
         raise InvalidArgument("messages has only system messages: add a user message")
-    system = "\n\n".join(p for p in system_parts if p) or (
-        tpl.default_system if default_system is None else default_system
-    )
+    if system_parts:  # an explicit system message wins, even an empty one (then there is no system turn)
+        system = "\n\n".join(p for p in system_parts if p)
+    else:
+        system = tpl.default_system if default_system is None else default_system
     if tools:
         system = (system + "\n\n" if system else "") + tools_system_text(list(tools))
     out = [tpl.turn.format(role=tpl.roles[llm_pb2.ROLE_SYSTEM], content=system)] if system else []
