@@ -1,4 +1,4 @@
-"""``models`` CLI subcommands: ``models fetch [DEST]`` and ``models verify DIR``; the main CLI calls :func:`register`."""
+"""``models`` CLI subcommands ``models fetch [DEST]`` and ``models verify DIR``; see :func:`register`."""
 
 from __future__ import annotations
 

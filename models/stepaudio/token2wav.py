@@ -49,9 +49,12 @@ class Token2Wav:
         return pt, pm, emb
 
     def session_noise(self, prompt: FlowPrompt, n_frames: int, seed: int | None = None) -> torch.Tensor:
-        """Noise (1, 80, M1 + n_frames) from a seeded CPU generator (shared by offline and streaming)."""
+        """Noise (1, 80, M1 + n_frames) from a seeded CPU generator (shared by offline and streaming).
+
+        Drawn frame-major so that frame j gets the same values whatever ``n_frames`` is.
+        """
         g = torch.Generator().manual_seed(self.seed if seed is None else seed)
-        return torch.randn(1, self.flow.cfg.output_size, len(prompt.mel) + n_frames, generator=g)
+        return torch.randn(len(prompt.mel) + n_frames, self.flow.cfg.output_size, generator=g).T[None].contiguous()
 
     def mel_window(
         self, tokens: Sequence[int], prompt: FlowPrompt, t0: int, t1: int, noise: torch.Tensor
@@ -66,10 +69,14 @@ class Token2Wav:
         mel = self.flow.inference(tok, pt, pm, emb, noise=nz, mel_len2=fb - fa)
         return fa, mel[0].cpu().numpy()
 
-    def offline_mel(self, tokens: Sequence[int], prompt: FlowPrompt, seed: int | None = None) -> np.ndarray:
-        """Whole-utterance mel (80, F)."""
+    def offline_mel(
+        self, tokens: Sequence[int], prompt: FlowPrompt, seed: int | None = None, max_tokens: int = 8192
+    ) -> np.ndarray:
+        """Whole-utterance mel (80, F); noise identical to a stream with the same seed and ``max_tokens``."""
         n = len(tokens)
-        noise = self.session_noise(prompt, self.flow.cfg.mel_frames(n), seed)
+        if n > max_tokens:
+            raise ValueError(f"utterance exceeds max_tokens={max_tokens}")
+        noise = self.session_noise(prompt, self.flow.cfg.mel_frames(max_tokens), seed)
         return self.mel_window(tokens, prompt, 0, n, noise)[1]
 
     @torch.inference_mode()
@@ -80,9 +87,11 @@ class Token2Wav:
         wav, _ = self.hift.inference(m, generator=g)
         return wav[0].float().cpu().numpy()
 
-    def offline(self, tokens: Sequence[int], prompt: FlowPrompt, seed: int | None = None) -> np.ndarray:
+    def offline(
+        self, tokens: Sequence[int], prompt: FlowPrompt, seed: int | None = None, max_tokens: int = 8192
+    ) -> np.ndarray:
         """Offline synthesis of all tokens."""
-        return self.vocode(self.offline_mel(tokens, prompt, seed), seed)
+        return self.vocode(self.offline_mel(tokens, prompt, seed, max_tokens), seed)
 
     def stream(self, prompt: FlowPrompt, **kwargs: int) -> Token2WavStream:
         """Start a streaming session for one utterance."""
