@@ -6,7 +6,7 @@ import json
 
 import grpc
 
-from services.kit.interceptors import ClientTracingInterceptor
+from services.kit.interceptors import client_tracing_interceptors
 
 _RETRY_POLICY = json.dumps(
     {
@@ -31,7 +31,7 @@ def channel(target: str, max_message_bytes: int = 8 * 1024 * 1024) -> grpc.aio.C
     """An insecure aio channel to ``host:port`` that propagates the trace context."""
     return grpc.aio.insecure_channel(
         target,
-        interceptors=[ClientTracingInterceptor()],
+        interceptors=client_tracing_interceptors(),
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

