@@ -7,7 +7,7 @@ BUF := .cache/npm/node_modules/.bin/buf
 PROTOS := $(shell find protos -name '*.proto')
 STAMP := $(VENV)/.deps-stamp
 
-.PHONY: all venv deps proto lint buf-lint buf-breaking test demo up down clean
+.PHONY: all venv deps proto lint buf-lint buf-breaking api-baseline test demo up down clean
 
 all: proto
 
@@ -38,16 +38,19 @@ $(BUF):
 buf-lint: $(BUF)
 	cd protos && ../$(BUF) lint
 
-# Compares the protos with the last commit on main (or BUF_AGAINST) so wire compatibility is never broken silently.
-BUF_AGAINST ?= .git\#branch=main,subdir=protos
+# Wire compatibility: the protos must not break the released API image (protos/api-baseline.binpb).
+# After a deliberate, versioned API change, refresh the image with `make api-baseline` and commit it.
 buf-breaking: $(BUF)
-	@if git rev-parse --verify -q main:protos >/dev/null; then cd protos && ../$(BUF) breaking --against '../$(BUF_AGAINST)'; else echo "no protos on main yet"; fi
+	cd protos && ../$(BUF) breaking --against api-baseline.binpb
+
+api-baseline: $(BUF)
+	cd protos && ../$(BUF) build -o api-baseline.binpb
 
 lint: proto buf-lint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy services stepaudio
 
-test: proto buf-lint
+test: proto buf-lint buf-breaking
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
