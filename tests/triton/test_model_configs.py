@@ -9,7 +9,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 REPO = Path(__file__).resolve().parents[2] / "models" / "triton"
-CONFIGS = sorted(REPO.glob("*/config.pbtxt"))
+CONFIGS = sorted(REPO.glob("**/config.pbtxt"))
 
 
 def parse(path: Path) -> model_config_pb2.ModelConfig:
@@ -20,14 +20,14 @@ def test_there_are_configs() -> None:
     assert any(p.parent.name == "embedded_llm" for p in CONFIGS)
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.parent.relative_to(REPO)))
 def test_config_parses(path: Path) -> None:
     cfg = parse(path)
     assert cfg.name == path.parent.name, "name must match the folder"
     assert cfg.backend or cfg.platform
     assert "${" not in path.read_text(), "unfilled template placeholder"
-    names = [i.name for i in cfg.input] + [o.name for o in cfg.output]
-    assert len(names) == len(set(names)), "duplicate tensor names"
+    for names in ([i.name for i in cfg.input], [o.name for o in cfg.output]):
+        assert len(names) == len(set(names)), "duplicate tensor names"
     if cfg.backend == "python":
         assert (path.parent / "1" / "model.py").exists()
 
@@ -54,13 +54,66 @@ def test_llm_contract_matches_trtllm_names() -> None:
         assert name in inputs, name
     assert {o.name for o in embedded.output} >= {"text_output"}
     for other in ("step_audio_chat", "step_audio_tts"):
-        for model in ("ensemble", "tensorrt_llm_bls"):
-            path = REPO / other / model / "config.pbtxt"
-            if not path.exists():
-                continue
-            cfg = parse(path)
+        for model in (other, f"{other}_ensemble"):
+            cfg = parse(REPO / other / model / "config.pbtxt")
             theirs = {i.name: i for i in cfg.input}
-            for name, spec in inputs.items():
-                if name in theirs:
-                    assert theirs[name].data_type == spec.data_type, f"{other}/{model}: {name}"
-            assert {"text_input", "max_tokens", "stream", "stop_words", "end_id"} <= set(theirs)
+            for name, spec in theirs.items():
+                if name in inputs:
+                    assert spec.data_type == inputs[name].data_type, f"{model}: {name}"
+            assert {"text_input", "max_tokens", "stream", "stop_words", "end_id", "temperature"} <= set(theirs)
+            assert "text_output" in {o.name for o in cfg.output}
+        bls = parse(REPO / other / other / "config.pbtxt")
+        assert bls.model_transaction_policy.decoupled
+        assert {i.name for i in bls.input} == set(inputs), "BLS and embedded_llm take the same inputs"
+        assert {o.name for o in bls.output} == {o.name for o in embedded.output}
+
+
+@pytest.mark.parametrize("prefix", ["step_audio_chat", "step_audio_tts"])
+def test_trtllm_repository_wiring(prefix: str) -> None:
+    repo = REPO / prefix
+    trt = parse(repo / f"{prefix}_trtllm" / "config.pbtxt")
+    params = {k: v.string_value for k, v in trt.parameters.items()}
+    assert trt.backend == "tensorrtllm" and trt.model_transaction_policy.decoupled
+    assert params["gpt_model_type"] == "inflight_fused_batching"
+    assert 0 < float(params["kv_cache_free_gpu_mem_fraction"]) <= 1
+    ens = parse(repo / f"{prefix}_ensemble" / "config.pbtxt")
+    models = {p.parent.name: parse(p) for p in repo.glob("*/config.pbtxt")}
+    produced = {i.name for i in ens.input}
+    for step in ens.ensemble_scheduling.step:
+        target = models[step.model_name]
+        target_inputs = {i.name for i in target.input}
+        target_outputs = {o.name for o in target.output}
+        assert set(step.input_map) <= target_inputs, step.model_name
+        assert set(step.output_map) <= target_outputs, step.model_name
+        assert set(step.input_map.values()) <= produced, f"{step.model_name} reads a tensor nobody produced"
+        produced |= set(step.output_map.values())
+    assert "text_output" in produced
+    bls_params = {k: v.string_value for k, v in models[prefix].parameters.items()}
+    assert bls_params["tensorrt_llm_model_name"] in models
+
+
+def test_generated_repositories_are_up_to_date(tmp_path: Path) -> None:
+    from models.trtllm.make_repo import make_repo
+
+    for profile, prefix in (("chat", "step_audio_chat"), ("tts", "step_audio_tts")):
+        fresh = make_repo(profile, tmp_path)
+        for f in fresh.rglob("*"):
+            if f.is_file():
+                committed = REPO / prefix / f.relative_to(fresh)
+                assert committed.exists() and committed.read_text() == f.read_text(), (
+                    f"{committed} is stale: run python -m models.trtllm.make_repo"
+                )
+
+
+def test_make_repo_parameters(tmp_path: Path) -> None:
+    from models.trtllm.make_repo import make_repo
+
+    repo = make_repo("chat", tmp_path, {"tp_size": "8", "max_batch_size": "32", "enable_kv_cache_reuse": "false"})
+    trt = parse(repo / "step_audio_chat_trtllm" / "config.pbtxt")
+    params = {k: v.string_value for k, v in trt.parameters.items()}
+    assert trt.max_batch_size == 32 and params["gpu_device_ids"] == "0,1,2,3,4,5,6,7"
+    assert params["enable_kv_cache_reuse"] == "false"
+    with pytest.raises(ValueError, match="unknown parameters"):
+        make_repo("chat", tmp_path, {"no_such": "1"})
+    with pytest.raises(ValueError, match="kv_cache_free_gpu_mem_fraction"):
+        make_repo("tts", tmp_path, {"kv_cache_free_gpu_mem_fraction": "1.5"})
