@@ -21,7 +21,7 @@ def build(settings: LlmSettings | None = None) -> GrpcServer:
     server = GrpcServer(
         "llm", settings, [ServiceSpec(SERVICE_NAME, llm_pb2_grpc.add_LlmServiceServicer_to_server, servicer)], warmup
     )
-    server.backend = backend  # type: ignore[attr-defined]  (tests close it)
+    server.backend = backend  # type: ignore[attr-defined]  # tests and bench close it
     return server
 
 
