@@ -165,6 +165,9 @@ class Reply:
     outcome: int = pb.TURN_OUTCOME_COMPLETED
     speculative: bool = False
     endpoint_wall: float = 0.0
+    started_at: float = field(default_factory=time.monotonic)
+    discards: int = 0
+    wasted_ms: float = 0.0
 
     def played_ms(self, now: float) -> float:
         if not self.play_start:
@@ -223,6 +226,9 @@ class Session:
         self.barge: tuple[Reply, float] | None = None  # reply paused by a possible interruption, speech start ms
         self.last_turn_user_text = ""
         self.stats = {"spec_committed": 0, "spec_discarded": 0}
+        self.window_discards = 0
+        self.window_wasted_ms = 0.0
+        self.background: set[asyncio.Task] = set()  # tool calls that survive a barge-in
         self.tools = self._tool_defs()
         self._reply_tasks: set[asyncio.Task] = set()
 
@@ -467,6 +473,8 @@ class Session:
         task.add_done_callback(self._reply_tasks.discard)
 
     def commit(self, reply: Reply) -> None:
+        reply.discards, reply.wasted_ms = self.window_discards, self.window_wasted_ms
+        self.window_discards, self.window_wasted_ms = 0, 0.0
         if reply.speculative:
             self.stats["spec_committed"] += 1
             _spec.add(1, {"outcome": "committed"})
@@ -479,6 +487,8 @@ class Session:
 
     def discard(self, reply: Reply) -> None:
         self.stats["spec_discarded"] += 1
+        self.window_discards += 1
+        self.window_wasted_ms += (time.monotonic() - reply.started_at) * 1000
         _spec.add(1, {"outcome": "discarded"})
         self.pending = None
         if reply.task is not None:
@@ -639,12 +649,27 @@ class Session:
             turn_id=reply.turn_id, call_id=call_id, name=call.name, arguments_json=call.arguments_json)))
         t0 = time.monotonic()
         result_json, error = "", ""
+        spec = self.stages.tool_specs.get(call.name)
         try:
-            if call.name not in {t.name for t in self.tools}:
+            if call.name not in {t.name for t in self.tools} or spec is None:
                 raise InvalidArgument(f"tool {call.name!r} is not allowed in this session")
-            resp = await self.stages.tools.ExecuteTool(
+            timeout = max(self.settings.tool_timeout_s, spec.default_timeout.ToMilliseconds() / 1000)
+            execute = asyncio.ensure_future(self.stages.tools.ExecuteTool(
                 tools_pb2.ExecuteToolRequest(name=call.name, arguments_json=call.arguments_json, call_id=call_id),
-                timeout=self.settings.tool_timeout_s)
+                timeout=timeout))
+            if spec.survives_interruption:
+                # A barge-in cancels the reply but not this call; its result joins the history when it arrives.
+                self.background.add(execute)
+                try:
+                    resp = await asyncio.shield(execute)
+                except asyncio.CancelledError:
+                    execute.add_done_callback(lambda f: self._late_tool_result(f, call.name))
+                    raise
+                finally:
+                    if execute.done():
+                        self.background.discard(execute)
+            else:
+                resp = await execute
             result_json = resp.result_json
         except grpc.aio.AioRpcError as e:
             error = f"{e.code().name}: {e.details()}"
@@ -657,6 +682,12 @@ class Session:
         reply.tool_calls.append({"name": call.name, "arguments": call.arguments_json, "result": result_json,
                                  "error": error, "latency_ms": ms})
         return result_json or json.dumps({"error": error})
+
+    def _late_tool_result(self, fut: asyncio.Future, name: str) -> None:
+        self.background.discard(fut)
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        self.stored.history.append({"role": "assistant", "text": f"(result of {name}: {fut.result().result_json})"})
 
     async def speak(self, reply: Reply, tts_call: Any) -> None:
         """Send TTS audio to the client at real-time pace once the reply is committed."""
@@ -719,7 +750,9 @@ class Session:
             span.set_attribute(f"stepaudio.{k}", v)
             _stage_hist.record(v / 1000, {"stage": k.removesuffix("_ms")})
         done = pb.TurnCompleted(turn_id=reply.turn_id, user_text=reply.user_text, reply_text=spoken,
-                                outcome=reply.outcome, reply_audio_ms=int(reply.sent_ms))
+                                outcome=reply.outcome, reply_audio_ms=int(reply.sent_ms),
+                                speculative=reply.speculative, speculative_discards=reply.discards,
+                                wasted_ms=reply.wasted_ms)
         for k, v in t.items():
             done.timings.add(name=k.removesuffix("_ms"), duration_ms=v)
         self.reply_emit(reply, pb.ConverseResponse(turn_completed=done))
