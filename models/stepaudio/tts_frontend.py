@@ -15,17 +15,20 @@ the flow/vocoder weights to the "Music" set.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from models.stepaudio.step1 import BOS_ID, BOT_ID, EOT_ID
+from services.kit.errors import StageError
+from services.tts import style
 
-EMOTION_TAGS = ("高兴1", "高兴2", "生气1", "生气2", "悲伤1", "撒娇1")
-LANGUAGE_TAGS = ("中文", "英文", "韩语", "日语", "四川话", "粤语", "广东话")
-SPEED_TAGS = ("慢速1", "慢速2", "快速1", "快速2")
-MUSIC_TAGS = ("RAP", "哼唱")
+# The tag vocabulary and its parser live in services.tts.style (the one tag parser of the platform); these
+# tuples (same order as the published system prompt lists them) are derived from its tables.
+EMOTION_TAGS = tuple(style.EMOTIONS)
+LANGUAGE_TAGS = tuple(style.LANGUAGES)
+SPEED_TAGS = tuple(style.SPEEDS)
+MUSIC_TAGS = tuple(style.MUSIC)
 VALID_TAGS = EMOTION_TAGS + LANGUAGE_TAGS + SPEED_TAGS + MUSIC_TAGS
 TAG_KIND = {
     **{t: "emotion" for t in EMOTION_TAGS},
@@ -33,8 +36,6 @@ TAG_KIND = {
     **{t: "speed" for t in SPEED_TAGS},
     **{t: "music" for t in MUSIC_TAGS},
 }
-
-_TAG_BLOCK = re.compile(r"[（(]([^()（）]*)[）)]")
 
 _TAG_LIST_TEXT = (
     "# 情感标签涵盖了多种情绪状态，包括但不限于：\n"
@@ -83,37 +84,27 @@ class Instruction:
     music: str | None = None  # "RAP" | "哼唱" | None
 
 
-def parse_instructions(text: str) -> Instruction:
-    """Parse chained leading ``(tag)`` / ``（tag）`` blocks.
+class InstructionError(ValueError):
+    """Unknown or conflicting instruction tags (the message comes from :mod:`services.tts.style`)."""
 
-    Raises ValueError naming any unknown tag and listing the valid ones, or when two tags of the same kind
-    conflict (e.g. two emotions).
+
+def parse_instructions(text: str) -> Instruction:
+    """Parse chained leading ``(tag)`` / ``（tag）`` blocks with :func:`services.tts.style.split_tags`.
+
+    English aliases (``(happy1)``) map to the canonical Chinese tags. Raises :class:`InstructionError` (a
+    ValueError) naming an unknown tag and listing the valid ones, or naming two tags of the same kind.
     """
-    pos = 0
-    tags: list[str] = []
-    stripped = text.lstrip()
-    while True:
-        m = _TAG_BLOCK.match(stripped, pos)
-        if m is None:
-            break
-        tag = m.group(1).strip()
-        if tag not in TAG_KIND:
-            raise ValueError(f"unknown instruction tag {tag!r}; valid tags are: {', '.join(VALID_TAGS)}")
-        tags.append(tag)
-        pos = m.end()
-    fields: dict[str, str] = {}
-    for tag in tags:
-        kind = TAG_KIND[tag]
-        if kind in fields and fields[kind] != tag:
-            raise ValueError(f"conflicting {kind} tags {fields[kind]!r} and {tag!r}; use at most one {kind} tag")
-        fields[kind] = tag
+    try:
+        tags, rest = style.split_tags(text)
+    except StageError as e:
+        raise InstructionError(f"unknown or conflicting instruction tags: {e.message}") from e
     return Instruction(
-        tags=tuple(tags),
-        text=stripped[pos:],
-        emotion=fields.get("emotion"),
-        language=fields.get("language"),
-        speed=fields.get("speed"),
-        music=fields.get("music"),
+        tags=tuple(tags.tags),
+        text=rest,
+        emotion=tags.emotion or None,
+        language=tags.language or None,
+        speed=tags.speed or None,
+        music=tags.music or None,
     )
 
 
