@@ -171,3 +171,23 @@ def test_build_inputs_shapes() -> None:
     assert inputs["stop_words"].shape() == [1, 2]
     assert inputs["random_seed"].datatype() == "UINT64"
     assert np.dtype("bool") and inputs["stream"].datatype() == "BOOL"
+
+
+def test_invalid_config_is_rejected_at_load(tmp_path) -> None:
+    """initialize() validates config.pbtxt; the launcher surfaces the reason from the server log."""
+    import shutil
+    from pathlib import Path
+
+    from services.llm.tritonserver import TritonStartError
+
+    src = Path(__file__).resolve().parents[2] / "models" / "triton" / "embedded_llm"
+    dest = tmp_path / "repo" / "embedded_llm"
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    cfg = dest / "config.pbtxt"
+    cfg.write_text(
+        cfg.read_text().replace(
+            'key: "n_parallel"\n  value: { string_value: "2" }', 'key: "n_parallel"\n  value: { string_value: "two" }'
+        )
+    )
+    with pytest.raises(TritonStartError, match="n_parallel must be an integer"):
+        start_triton(tmp_path / "repo", ["embedded_llm"], log_path=tmp_path / "t.log", ready_timeout=60)
