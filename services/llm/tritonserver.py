@@ -90,8 +90,9 @@ def prepare_tree(cache_dir: Path | str | None = None) -> Path:
     shutil.copy2(stub, tmp / "backends" / "python" / "triton_python_backend_stub")
     (tmp / "caches").mkdir(exist_ok=True)
     (tmp / ".prepared.json").write_text(json.dumps(stamp))
-    if dest.exists():
-        shutil.rmtree(dest, ignore_errors=True)
+    if dest.exists():  # stale (other wheel or Python): move aside, a running server may still use it
+        with contextlib.suppress(OSError):
+            dest.rename(dest.with_name(f"{dest.name}.old-{int(time.time())}-{os.getpid()}"))
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         tmp.rename(dest)
