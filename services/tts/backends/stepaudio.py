@@ -1,0 +1,252 @@
+"""Step-Audio-TTS-3B (Step1 LM -> dual-codebook audio tokens) + CosyVoice flow matching (-> mel) + HiFT.
+
+``STEPAUDIO_TTS_MODEL_DIR`` is the models root (``stepaudio models fetch`` layout) or its ``Step-Audio-TTS-3B``
+child; the Step-Audio-Tokenizer is read from the root when voices have to be registered. Everything the
+manifest lists for the tts service, plus flow.pt/hift.pt of both CosyVoice sets, is checked at start.
+
+Output kinds: AUDIO_TOKENS (X = id - 65536, 0..5119), MEL ([frames, 80] log-mel, 22,050 Hz, hop 256) and AUDIO
+(HiFT in process, 22,050 Hz). Style tags are parsed by :mod:`services.tts.style`; RAP/哼唱 switch the system
+prompt, the voice to ``{voice}RAP`` / ``{voice}哼唱`` and the flow/HiFT weights to CosyVoice-300M-25Hz-Music.
+
+Voices: ``<voices_dir>/<name>.npz`` (see :class:`models.stepaudio.voices.VoiceRegistry`). A ``<name>.wav`` with
+its exact transcript in ``<name>.txt`` placed there is registered (dual tokens, prompt mel, CAM++ x-vector) at
+start when no ``<name>.npz`` exists yet.
+
+Text encoder (ids for the Step1 prompt), first match wins:
+
+1. ``config.json`` key ``"stepaudio_text_encoder": {"type": "bytes", "offset": N}``: UTF-8 bytes + N. Only for
+   tiny test checkpoints, whose ``tokenizer.model`` is a placeholder; the released config has no such key.
+2. ``tokenizer.model`` through ``sentencepiece`` (``pip install sentencepiece``).
+3. ``tokenizer.json`` through ``tokenizers``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.kit.errors import InvalidArgument, NotFound
+from services.tts.backends.base import Synthesis, TtsBackend, VoiceSpec
+from services.tts.settings import TtsSettings
+from services.tts.style import SPEEDS, parse_style, split_tags
+from services.vocoder.backends.hift import (
+    TTS_DIR,
+    cosy_dirs,
+    fail_if_missing,
+    load_flow_dir,
+    load_hift_dir,
+    missing_files,
+    resolve_device,
+)
+
+AUDIO_VOCAB_BASE = 65536
+AUDIO_VOCAB_SIZE = 5120
+KIND_AUDIO, KIND_AUDIO_TOKENS, KIND_MEL = 1, 2, 3
+ENV = "STEPAUDIO_TTS_MODEL_DIR"
+
+
+class StepAudioTtsOptions(BaseSettings):
+    """Extra settings of the stepaudio TTS backend (env prefix ``STEPAUDIO_TTS_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="STEPAUDIO_TTS_", extra="ignore")
+
+    voices_dir: str = Field("", description="Voice registry dir; empty means <model_dir>/voices.")
+    device: str = Field("auto", description="torch device for TTS-3B, flow and HiFT: auto, cpu or cuda[:N].")
+    temperature: float = Field(0.7, description="TTS-3B sampling temperature (reference 0.7).")
+    top_p: float = Field(1.0, description="TTS-3B nucleus sampling threshold (reference: off, 1.0).")
+    max_length: int = Field(8192, description="Prompt + generated tokens cap (reference 8192).")
+    max_new_tokens: int = Field(
+        2048, description="Most audio tokens per phrase (41.7 per second of speech: 2048 is about 49 s)."
+    )
+    seed: int = Field(-1, description="Sampling seed per phrase; -1 draws a fresh one, >= 0 is reproducible.")
+    flow_seed: int = Field(0, description="Seed of the flow ODE start noise and the HiFT excitation noise.")
+
+
+class ByteEncoder:
+    """UTF-8 bytes + ``offset``: the documented text encoder of tiny test checkpoints."""
+
+    def __init__(self, offset: int) -> None:
+        if not 5 <= offset <= AUDIO_VOCAB_BASE - 256:
+            raise ValueError(f"byte encoder offset {offset} must be in 5..{AUDIO_VOCAB_BASE - 256}")
+        self.offset = offset
+
+    def encode(self, text: str) -> list[int]:
+        return [self.offset + b for b in text.encode("utf-8")]
+
+
+class _SentencePieceEncoder:
+    def __init__(self, path: Path) -> None:
+        import sentencepiece as spm
+
+        self.sp = spm.SentencePieceProcessor(model_file=str(path))
+
+    def encode(self, text: str) -> list[int]:
+        return [int(i) for i in self.sp.encode(text, out_type=int)]
+
+
+class _HfTokenizerEncoder:
+    def __init__(self, path: Path) -> None:
+        from tokenizers import Tokenizer
+
+        self.tok = Tokenizer.from_file(str(path))
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tok.encode(text, add_special_tokens=False).ids)
+
+
+def load_text_encoder(tts_dir: Path) -> Any:
+    """The text encoder for the TTS-3B prompt (see the module docstring for the order)."""
+    cfg = json.loads((tts_dir / "config.json").read_text(encoding="utf-8"))
+    spec = cfg.get("stepaudio_text_encoder")
+    if spec:
+        if spec.get("type") != "bytes":
+            raise ValueError(f"{tts_dir / 'config.json'}: stepaudio_text_encoder.type must be 'bytes'")
+        return ByteEncoder(int(spec.get("offset", 256)))
+    sp_model = tts_dir / "tokenizer.model"
+    if sp_model.is_file():
+        try:
+            return _SentencePieceEncoder(sp_model)
+        except ImportError:
+            if not (tts_dir / "tokenizer.json").is_file():
+                raise RuntimeError(
+                    f"{sp_model} needs the sentencepiece package: pip install sentencepiece"
+                ) from None
+    if (tts_dir / "tokenizer.json").is_file():
+        return _HfTokenizerEncoder(tts_dir / "tokenizer.json")
+    raise FileNotFoundError(f"missing {sp_model}: the TTS-3B text tokenizer")
+
+
+def speed_tag(speed: float) -> str:
+    """The model speed tag nearest to a speed factor ('' for about 1.0)."""
+    if abs(speed - 1.0) < 0.07:
+        return ""
+    return min(SPEEDS, key=lambda t: abs(SPEEDS[t][1] - speed))
+
+
+class StepAudioTts(TtsBackend):
+    """One phrase per call: plan the prompt, sample audio tokens, then flow (+ HiFT) with the voice prompt."""
+
+    output_kinds = (KIND_AUDIO, KIND_AUDIO_TOKENS, KIND_MEL)
+
+    def __init__(self, settings: TtsSettings, options: StepAudioTtsOptions | None = None) -> None:
+        import torch
+
+        from models.stepaudio import store
+        from models.stepaudio.step1 import Step1ForCausalLM
+        from models.stepaudio.token2wav import Token2Wav
+        from models.stepaudio.voices import VoiceRegistry
+
+        self.opts = options or StepAudioTtsOptions()
+        if not settings.model_dir:
+            raise ValueError(f"{ENV} is empty: set it to the models root (holding {TTS_DIR}/ and "
+                             "Step-Audio-Tokenizer/)")
+        d = Path(settings.model_dir)
+        self.root = d.parent if d.name == TTS_DIR and not (d / TTS_DIR).is_dir() else d
+        self.tts_dir = self.root / TTS_DIR
+        common, music = cosy_dirs(self.tts_dir)
+        problems = store.verify(self.root, service="tts")
+        problems += [p for p in missing_files([c / f for c in (common, music) for f in ("flow.pt", "hift.pt")])
+                     if p not in problems]
+        fail_if_missing(problems, "tts (Step-Audio-TTS-3B)", ENV, self.root)
+        torch.set_num_threads(max(1, settings.model_threads))
+        self.device = resolve_device(self.opts.device)
+        self.lm = Step1ForCausalLM.from_pretrained(self.tts_dir, self.device)
+        self.encoder = load_text_encoder(self.tts_dir)
+        self.engines = {
+            name: Token2Wav(load_flow_dir(c, self.device), load_hift_dir(c, self.device), seed=self.opts.flow_seed)
+            for name, c in (("common", common), ("music", music))
+        }
+        self.campplus_path = common / "campplus.onnx"
+        self.registry = VoiceRegistry(Path(self.opts.voices_dir) if self.opts.voices_dir else d / "voices")
+        self._register_pending()
+        if not self.registry.names():
+            raise FileNotFoundError(
+                f"no voices in {self.registry.root}: put <name>.wav and its exact transcript <name>.txt there "
+                "(registered at start), or <name>.npz voice files"
+            )
+        vocab = self.lm.config.vocab_size
+        if vocab < AUDIO_VOCAB_BASE + AUDIO_VOCAB_SIZE:
+            raise ValueError(f"{self.tts_dir}/config.json vocab_size={vocab} has no audio ids (65536..70655)")
+        mask = torch.full((vocab,), float("-inf"))
+        mask[AUDIO_VOCAB_BASE : AUDIO_VOCAB_BASE + AUDIO_VOCAB_SIZE] = 0.0
+        mask[3] = 0.0  # EOT ends the utterance
+        self._mask = mask.to(self.device)
+        self._lock = threading.Lock()
+
+    def _register_pending(self) -> None:
+        """Register ``<name>.wav`` + ``<name>.txt`` that have no ``<name>.npz`` yet."""
+        pending = [w for w in sorted(self.registry.root.glob("*.wav")) if w.stem not in self.registry]
+        if not pending:
+            return
+        from models.stepaudio.tokenizer import DualTokenizer
+        from models.stepaudio.voices import CampPlus
+        from services.kit.audio import read_wav
+
+        tok_dir = self.root / "Step-Audio-Tokenizer"
+        camp = CampPlus(self.campplus_path)
+        dual = DualTokenizer.load(tok_dir)
+        for wav in pending:
+            txt = wav.with_suffix(".txt")
+            if not txt.is_file():
+                raise FileNotFoundError(f"missing {txt}: the exact transcript of voice prompt {wav}")
+            audio, rate = read_wav(wav)
+            self.registry.register(wav.stem, audio, rate, txt.read_text(encoding="utf-8").strip(), dual, camp)
+
+    def voices(self) -> list[VoiceSpec]:
+        return [VoiceSpec(n, ["zh", "en", "ja", "ko", "yue"], 22050) for n in self.registry.names()]
+
+    def _audio_only(self, scores: Any, history: list[int]) -> Any:
+        return scores + self._mask
+
+    def synthesize(self, text: str, voice: str, style: str, speed: float, output_kind: int) -> Synthesis:
+        import torch
+
+        from models.stepaudio.token2wav import FlowPrompt
+        from models.stepaudio.tts_frontend import InstructionError, plan_registered
+
+        kind = output_kind or KIND_AUDIO
+        if kind not in self.output_kinds:
+            raise InvalidArgument(f"output_kind {kind} not served: use 1 (AUDIO), 2 (AUDIO_TOKENS) or 3 (MEL)")
+        speed = speed or 1.0
+        if not 0.25 <= speed <= 4.0:
+            raise InvalidArgument(f"speed {speed:.2f} out of range: use 0.25 to 4.0")
+        inline, body = split_tags(text)
+        tags = parse_style((style or "") + inline.prefix())  # one place for unknown/conflicting tags
+        prefix = tags.prefix()
+        if not tags.speed and (t := speed_tag(speed)):
+            prefix += f"({t})"  # the model's own speed control (the reference used sox tempo afterwards)
+        try:
+            plan = plan_registered(self.encoder, prefix + body, voice, self.registry)
+        except InstructionError as e:
+            raise InvalidArgument(str(e)) from e
+        except ValueError as e:
+            raise NotFound(str(e)) from e
+        if len(plan.input_ids) >= self.opts.max_length:
+            raise InvalidArgument(f"text plus the voice prompt is {len(plan.input_ids)} tokens; max_length is "
+                                  f"{self.opts.max_length}: send shorter text")
+        seed = self.opts.seed if self.opts.seed >= 0 else int(np.random.default_rng().integers(2**31))
+        with self._lock:
+            ids = self.lm.generate(
+                plan.input_ids, max_new_tokens=self.opts.max_new_tokens, temperature=self.opts.temperature,
+                top_p=self.opts.top_p, repetition_guard=True, max_length=self.opts.max_length,
+                generator=torch.Generator().manual_seed(seed), logits_hook=self._audio_only,
+            )
+            xs = [i - AUDIO_VOCAB_BASE for i in ids]
+            if kind == KIND_AUDIO_TOKENS:
+                return Synthesis(audio_tokens=xs)
+            engine = self.engines[plan.flow_set]
+            if not xs:
+                empty = np.zeros((0, 80), np.float32)
+                return Synthesis(mel=empty) if kind == KIND_MEL else Synthesis(audio=np.zeros(0, np.float32))
+            entry = self.registry.get(plan.voice_key)
+            prompt = FlowPrompt(entry.flow_tokens, entry.prompt_mel, entry.embedding)
+            mel = engine.offline_mel(xs, prompt, max_tokens=max(len(xs), self.opts.max_new_tokens))
+            if kind == KIND_MEL:
+                return Synthesis(mel=np.ascontiguousarray(mel.T, dtype=np.float32))
+            return Synthesis(audio=engine.vocode(mel).astype(np.float32), sample_rate_hz=engine.sample_rate)
