@@ -56,16 +56,16 @@ class StepAudioTtsOptions(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="STEPAUDIO_TTS_", extra="ignore")
 
-    voices_dir: str = Field("", description="Voice registry dir; empty means <model_dir>/voices.")
-    device: str = Field("auto", description="torch device for TTS-3B, flow and HiFT: auto, cpu or cuda[:N].")
-    temperature: float = Field(0.7, description="TTS-3B sampling temperature (reference 0.7).")
-    top_p: float = Field(1.0, description="TTS-3B nucleus sampling threshold (reference: off, 1.0).")
-    max_length: int = Field(8192, description="Prompt + generated tokens cap (reference 8192).")
+    voices_dir: str = Field(default="", description="Voice registry dir; empty means <model_dir>/voices.")
+    device: str = Field(default="auto", description="torch device for TTS-3B, flow and HiFT: auto, cpu, cuda[:N].")
+    temperature: float = Field(default=0.7, description="TTS-3B sampling temperature (reference 0.7).")
+    top_p: float = Field(default=1.0, description="TTS-3B nucleus sampling threshold (reference: off, 1.0).")
+    max_length: int = Field(default=8192, description="Prompt + generated tokens cap (reference 8192).")
     max_new_tokens: int = Field(
-        2048, description="Most audio tokens per phrase (41.7 per second of speech: 2048 is about 49 s)."
+        default=2048, description="Most audio tokens per phrase (41.7 per second of speech: 2048 is about 49 s)."
     )
-    seed: int = Field(-1, description="Sampling seed per phrase; -1 draws a fresh one, >= 0 is reproducible.")
-    flow_seed: int = Field(0, description="Seed of the flow ODE start noise and the HiFT excitation noise.")
+    seed: int = Field(default=-1, description="Sampling seed per phrase: -1 draws a fresh one; >= 0 reproducible.")
+    flow_seed: int = Field(default=0, description="Seed of the flow ODE start noise and of the HiFT excitation.")
 
 
 class ByteEncoder:
