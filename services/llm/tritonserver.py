@@ -120,6 +120,17 @@ def server_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM tritonserver when the launching process dies (Linux), so a killed
+    launcher or test run never leaves an orphan server holding ports and shared memory."""
+    try:
+        import ctypes  # noqa: PLC0415
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free right now (tritonserver does not accept port 0)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -302,7 +313,9 @@ def start_triton(
         lf = open(lp, "ab")  # noqa: SIM115 (closed by TritonHandle.stop)
         cmd = build_command(tree, repo, models, gp, hp, mp, host, log_verbose, extra_args)
         log.info("starting tritonserver: %s (log %s)", " ".join(cmd), lp)
-        proc = subprocess.Popen(cmd, env=full_env, stdout=lf, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=full_env, stdout=lf, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent
+        )
         handle = TritonHandle(proc, gp, hp, mp, tuple(models), lp, host, lf)
         try:
             handle.wait_ready(ready_timeout)
