@@ -93,7 +93,12 @@ install_kube_apiserver() {
     printf 'package main\n\nimport _ "k8s.io/kubernetes/cmd/kube-apiserver/app"\n\nfunc main() {}\n' >tools.go
     go mod tidy >/dev/null 2>&1
     log "building kube-apiserver $ver (about 4 minutes on 2 cores)"
-    CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$bin" k8s.io/kubernetes/cmd/kube-apiserver
+    # version ldflags as in kubernetes' hack/lib/version.sh: helm checks the chart's kubeVersion against them
+    local ld="-s -w"
+    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+      ld+=" -X $pkg.gitVersion=$ver -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+    done
+    CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$bin" k8s.io/kubernetes/cmd/kube-apiserver
   )
   rm -rf "$work"
   printf '%s' "$ver" >"$bin.stamp"
