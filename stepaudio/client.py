@@ -114,8 +114,8 @@ class Conversation:
         self._stub = conversation_pb2_grpc.ConversationServiceStub(channel)
         self._call = self._stub.Converse(self._requests(), metadata=tuple(metadata) or None)
         self._reader = asyncio.create_task(self._read())
-        self.current: Turn = Turn()
         self.speech_started: list[float] = []
+        self.arrivals: list[float] = []  # monotonic arrival time of each event in result.events
 
     async def _requests(self) -> AsyncIterator[pb.ConverseRequest]:
         while (msg := await self._queue.get()) is not None:
@@ -149,6 +149,7 @@ class Conversation:
         r = self.result
         async for ev in self._call:
             r.events.append(ev)
+            self.arrivals.append(time.monotonic())
             kind = ev.WhichOneof("event")
             if kind == "session_started":
                 r.session_id = ev.session_started.session_id

@@ -1,4 +1,4 @@
-"""The whole platform as separate processes (Triton + every service), once per test session."""
+"""Shared fixtures: the whole platform as separate processes (Triton + every service) and an OTLP receiver."""
 
 from __future__ import annotations
 

@@ -224,6 +224,7 @@ class Session:
         self.utt_start_ms = 0.0
         self.pause_at_ms = -1.0
         self.barge: tuple[Reply, float] | None = None  # reply paused by a possible interruption, speech start ms
+        self.tentative: tuple[Reply, float] | None = None  # reply paused on a single speech frame, frame offset
         self.last_turn_user_text = ""
         self.stats = {"spec_committed": 0, "spec_discarded": 0}
         self.window_discards = 0
@@ -357,13 +358,30 @@ class Session:
 
     # ---- VAD-driven controller ------------------------------------------------------------------------------
 
+    def _playing(self) -> Reply | None:
+        if self.state in (State.BOT_REPLYING, State.SILENCE):
+            return next((r for r in self.replies if r.committed.is_set() and r.task and not r.task.done()), None)
+        return None
+
+    def pause_reply(self, reply: Reply) -> None:
+        if not reply.paused_since:
+            reply.paused_since = time.monotonic()
+        reply.resume.clear()
+
+    def on_speech_frame(self, offset_ms: float) -> None:
+        """A single frame above the start threshold while the bot talks: hold the audio at once (barge-in)."""
+        if self.barge is None and self.tentative is None:
+            active = self._playing()
+            if active is not None:
+                self.pause_reply(active)
+                self.tentative = (active, offset_ms)
+
     def on_speech_started(self, offset_ms: float) -> None:
-        if self.state == State.BOT_REPLYING or (self.state == State.SILENCE and self.replies):
-            active = next((r for r in self.replies if r.committed.is_set()), None)
-            if active is not None and self.barge is None:
-                active.paused_since = time.monotonic()
-                active.resume.clear()
-                self.barge = (active, offset_ms)
+        self.tentative = None
+        active = self._playing()
+        if active is not None and self.barge is None:
+            self.pause_reply(active)
+            self.barge = (active, offset_ms)
         if self.state == State.USER_PAUSED:
             # The user resumed before the endpoint: drop the speculative reply, keep transcribing the utterance.
             if self.pending is not None:
@@ -398,6 +416,12 @@ class Session:
             self.begin_reply(speculative=True)
 
     def on_progress(self, processed_ms: float) -> None:
+        if self.tentative is not None:
+            reply, at = self.tentative
+            if processed_ms - at > self.params.min_speech_ms + 150:
+                # The frame did not grow into speech: noise. Play on.
+                self.tentative = None
+                self.resume_reply(reply)
         if self.barge is not None and self.state == State.USER_SPEAKING:
             reply, start = self.barge
             if processed_ms - start >= self.params.min_interruption_ms:
@@ -780,7 +804,8 @@ class _Window:
         p = session.params
         self.config = vad_pb2.DetectConfig(
             format=audio_pb2.AudioFormat(sample_rate_hz=session.rate), start_threshold=p.start_threshold,
-            stop_threshold=p.stop_threshold, min_speech_ms=p.min_speech_ms, min_silence_ms=p.pause_ms)
+            stop_threshold=p.stop_threshold, min_speech_ms=p.min_speech_ms, min_silence_ms=p.pause_ms,
+            send_probabilities=True)
         with trace.use_span(span, end_on_exit=False):
             self.task = asyncio.create_task(self.run())
 
@@ -799,6 +824,11 @@ class _Window:
             async for resp in s.stages.vad.StreamDetect(self.requests()):
                 if s.window is not self:
                     continue  # a closed window's late results
+                threshold = s.params.start_threshold
+                for fp in resp.probabilities:
+                    if fp.probability >= threshold:
+                        s.on_speech_frame(self.base_ms + fp.audio_offset_ms)
+                        break
                 for ev in resp.events:
                     off = self.base_ms + ev.audio_offset_ms
                     if ev.type == vad_pb2.SPEECH_EVENT_TYPE_STARTED:

