@@ -85,7 +85,7 @@ def broken_root(tmp_path: Path, models_root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-async def stack(models_root: Path) -> AsyncIterator[dict[str, object]]:
+async def sa_stack(models_root: Path) -> AsyncIterator[dict[str, object]]:
     """Tokenizer, TTS and vocoder servers (stepaudio profile) with channels to each."""
     from services.tokenizer.__main__ import build as build_tokenizer
     from services.tokenizer.settings import TokenizerSettings
