@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.fn(args) or 0)
+    fn = getattr(args, "fn", None) or args.func
+    return int(fn(args) or 0)
 
 
 if __name__ == "__main__":

@@ -162,7 +162,7 @@ class Reply:
     resume: asyncio.Event = field(default_factory=asyncio.Event)
     timings: dict[str, float] = field(default_factory=dict)
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
-    outcome: int = pb.TURN_OUTCOME_COMPLETED
+    outcome: Any = pb.TURN_OUTCOME_COMPLETED
     speculative: bool = False
     endpoint_wall: float = 0.0
     started_at: float = field(default_factory=time.monotonic)
