@@ -11,7 +11,14 @@ if [[ "$WORLD_SIZE" == "1" ]]; then
   exec tritonserver "${BACKENDS[@]}" "$@"
 fi
 
-repo="" ; for a in "$@"; do case "$a" in --model-repository=*) repo="${a#*=}";; esac; done
+# non-leader ranks serve the same repositories but load only the TensorRT-LLM models (<name>_trtllm)
+repos=() trt=()
+for a in "$@"; do
+  case "$a" in
+    --model-repository=*) repos+=("$a") ;;
+    --load-model=*_trtllm) trt+=("$a") ;;
+  esac
+done
 args=()
 for ((rank = 0; rank < WORLD_SIZE; rank++)); do
   if ((rank > 0)); then args+=(":"); fi
@@ -20,7 +27,7 @@ for ((rank = 0; rank < WORLD_SIZE; rank++)); do
   if ((rank == 0)); then
     args+=("$@")
   else
-    args+=("--model-repository=$repo" --model-control-mode=explicit --load-model=tensorrt_llm
+    args+=("${repos[@]}" --model-control-mode=explicit "${trt[@]}"
            --allow-http=false --allow-grpc=false --allow-metrics=false --log-info=false)
   fi
 done

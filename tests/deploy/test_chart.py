@@ -122,7 +122,8 @@ def test_triton_startup_budget_sized_for_engine_load() -> None:
     sp = c["startupProbe"]
     assert sp["httpGet"]["path"] == "/v2/health/ready"
     assert sp["periodSeconds"] * sp["failureThreshold"] >= 600
-    assert "--load-model=step_audio_chat" in c["args"] and "--load-model=step_audio_tts" in c["args"]
+    assert "--load-model=step_audio_chat" in c["args"] and "--load-model=step_audio_tts_trtllm" in c["args"]
+    assert "--model-repository=/opt/stepaudio/models/triton/step_audio_chat" in c["args"]
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["TRITON_WORLD_SIZE"] == "4"
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 4
@@ -236,7 +237,9 @@ def test_model_store_pvc_and_env() -> None:
             c = d["spec"]["template"]["spec"]["containers"][0]
             env = {e["name"]: e.get("value") for e in c["env"]}
             comp = _component(d)
-            assert env[f"STEPAUDIO_{comp.upper()}_MODEL_DIR"] == f"/models/{comp}"
+            want = {"tokenizer": "/models/Step-Audio-Tokenizer", "tts": "/models/Step-Audio-TTS-3B",
+                    "vocoder": "/models/Step-Audio-TTS-3B/CosyVoice-300M-25Hz"}[comp]  # docs/STEPAUDIO.md layout
+            assert env[f"STEPAUDIO_{comp.upper()}_MODEL_DIR"] == want
             assert {"mountPath": "/models", "name": "models", "readOnly": True} in c["volumeMounts"]
 
 
@@ -246,7 +249,8 @@ def test_object_store_init_container() -> None:
     t = next(d for d in docs if d["kind"] == "Deployment" and _component(d) == "triton")
     init = t["spec"]["template"]["spec"]["initContainers"][0]
     assert init["name"] == "fetch-model-repository" and "s3remote:bucket/triton" in init["args"]
-    assert "--model-repository=/model-repository" in t["spec"]["template"]["spec"]["containers"][0]["args"]
+    args = t["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--model-repository=/model-repository/step_audio_chat" in args
 
 
 def test_kafka_sasl_tls_from_existing_secret() -> None:
@@ -295,7 +299,7 @@ def test_schema_covers_every_value() -> None:
 
 SCHEMA_CASES = [
         (["--set", "profile=gpu"], ["/profile", "embedded", "stepaudio"]),
-        (["--set", "gateway.port=70000"], ["/gateway/port", "65535"]),
+        (["--set", "gateway.port=70000"], ["/gateway/port", "65,535"]),
         (["--set", "triton.tensorParallelSize=3"], ["/triton/tensorParallelSize"]),
         (["--set", "gateway.bogus=1"], ["bogus"]),
         (["--set", "gpu.resourceName=amd.com/gpu"], ["/gpu/resourceName"]),

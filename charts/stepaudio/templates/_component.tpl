@@ -105,8 +105,8 @@ spec:
             - name: OTEL_RESOURCE_ATTRIBUTES
               value: {{ printf "service.namespace=%s,deployment.environment=%s,stepaudio.profile=%s" .ctx.Release.Namespace $v.environment $v.profile | quote }}
             {{- if eq .name "gateway" }}
-            {{- range $stage := list "vad" "tokenizer" "llm" "tools" "tts" "vocoder" }}
-            - name: {{ printf "STEPAUDIO_GATEWAY_%s_TARGET" (upper $stage) }}
+            {{- range $stage := list "vad" "tokenizer" "llm" "tools" "tts" }}
+            - name: {{ printf "STEPAUDIO_GATEWAY_%s_ADDR" (upper $stage) }}
               value: {{ printf "%s-%s:%v" $fullname $stage (index $v $stage).port | quote }}
             {{- end }}
             - name: STEPAUDIO_CONVLOG_SPOOL_DIR
