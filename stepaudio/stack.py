@@ -172,6 +172,15 @@ class Stack:
         if state.exists():
             state.unlink()
 
+    def spawn_gateway(self, name: str, env: dict[str, str]) -> str:
+        """Start one more gateway process (other settings, same stages); returns its address."""
+        port = free_port()
+        full = self._env("gateway")
+        full.update(env)
+        full["STEPAUDIO_GATEWAY_PORT"] = str(port)
+        self._spawn(name, ["-m", "services.gateway"], full)
+        return f"127.0.0.1:{port}"
+
     def restart(self, name: str, timeout: float = 120.0) -> None:
         """Stop one service and start it again on the same port (tests of restarts)."""
         p = self.procs.pop(name)
