@@ -3,9 +3,12 @@
 Replays the bundled spoken questions at real-time pace (20 ms chunks, as a microphone would) through the real
 services (embedded models, this machine), alternating configurations so both see the same load:
 
-  sequential  endpoint 200 ms, then transcribe, then LLM, then TTS (no speculation, no incremental ASR)
+  sequential  the walking skeleton: endpoint 200 ms, then transcribe (Whisper's full 30 s window), then LLM,
+              then TTS one sentence at a time (no speculation, no incremental ASR)
+  seq+fastasr the same cascade with the fitted-window Whisper (an ablation: what the ASR change alone gives)
   controller  incremental ASR while the user speaks; a speculative reply starts at the first sign of a pause
-              (pause_ms) and is committed at the endpoint (200 ms) or discarded if the user resumes
+              (pause_ms) and is committed at the endpoint (200 ms) or discarded if the user resumes; the first
+              phrase of the reply goes to TTS after a few words instead of a whole sentence
 
 Time to first audio (client side) = arrival of the first reply audio - the moment the client sent the last
 speech sample (found with the same Silero VAD). Prints median, p95, the ratio to the sequential baseline and the
@@ -82,7 +85,7 @@ def p95(xs: list[float]) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3, help="passes over the question set")
-    ap.add_argument("--pause-ms", type=int, default=64, help="controller: silence that starts a speculative reply")
+    ap.add_argument("--pause-ms", type=int, default=32, help="controller: silence that starts a speculative reply")
     ap.add_argument("--endpoint-ms", type=int, default=200, help="both: silence that ends the turn")
     args = ap.parse_args()
 
@@ -96,8 +99,12 @@ def main() -> int:
     print("starting the stack...", flush=True)
     stack.start()
     configs = {
-        "sequential": ({"STEPAUDIO_GATEWAY_INCREMENTAL_ASR": "false", "STEPAUDIO_GATEWAY_SPECULATIVE": "false"},
+        "sequential": ({"STEPAUDIO_GATEWAY_INCREMENTAL_ASR": "false", "STEPAUDIO_GATEWAY_SPECULATIVE": "false",
+                        "STEPAUDIO_GATEWAY_FIRST_PHRASE_WORDS": "0", "STEPAUDIO_GATEWAY_ASR_FULL_WINDOW": "true"},
                        pb.TurnDetection(pause_ms=args.endpoint_ms, endpoint_ms=args.endpoint_ms, speculative=False)),
+        "seq+fastasr": ({"STEPAUDIO_GATEWAY_INCREMENTAL_ASR": "false", "STEPAUDIO_GATEWAY_SPECULATIVE": "false",
+                         "STEPAUDIO_GATEWAY_FIRST_PHRASE_WORDS": "0"},
+                        pb.TurnDetection(pause_ms=args.endpoint_ms, endpoint_ms=args.endpoint_ms, speculative=False)),
         "controller": ({"STEPAUDIO_GATEWAY_INCREMENTAL_ASR": "true", "STEPAUDIO_GATEWAY_SPECULATIVE": "true"},
                        pb.TurnDetection(pause_ms=args.pause_ms, endpoint_ms=args.endpoint_ms, speculative=True)),
     }
@@ -113,11 +120,11 @@ def main() -> int:
         results: dict[str, list[dict[str, float]]] = {n: [] for n in configs}
         for r in range(args.rounds):
             for clip, audio, end in clips:
-                order = list(configs) if (r + hash(clip)) % 2 == 0 else list(reversed(configs))
+                order = list(configs) if (r + QUESTIONS.index(clip)) % 2 == 0 else list(reversed(configs))
                 for name in order:
                     res = asyncio.run(one_turn(addrs[name], audio, end, configs[name][1]))
                     results[name].append(res)
-                    print(f"  {name:<11} {clip:<10} ttfa {res['ttfa_ms']:6.0f} ms  asr {res['asr_ms']:5.0f}  "
+                    print(f"  {name:<12} {clip:<10} ttfa {res['ttfa_ms']:6.0f} ms  asr {res['asr_ms']:5.0f}  "
                           f"llm {res['llm_ms']:5.0f}  tts {res['tts_ms']:5.0f}", flush=True)
     finally:
         stack.stop()

@@ -98,13 +98,9 @@ class TurnParams:
 class AsrStream:
     """One incremental Transcribe stream: feed audio, get partials via callback, ``finish`` for the final."""
 
-    def __init__(self, stages: Stages, rate: int, language: str, partial_ms: int, on_partial: Any) -> None:
+    def __init__(self, stages: Stages, config: tokenizer_pb2.TranscribeConfig, on_partial: Any) -> None:
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._final: asyncio.Future[tokenizer_pb2.TranscribeResponse] = asyncio.get_running_loop().create_future()
-        config = tokenizer_pb2.TranscribeConfig(
-            format=audio_pb2.AudioFormat(sample_rate_hz=rate), language=language,
-            partial_results=partial_ms > 0, partial_interval_ms=partial_ms,
-        )
         self._call = stages.tokenizer.Transcribe(self._requests(config))
         self._task = asyncio.create_task(self._read(on_partial))
 
@@ -465,8 +461,7 @@ class Session:
                     turn_id=window.turn_id, text=resp.text, is_final=False, confidence=resp.confidence)))
 
         with trace.use_span(window.span, end_on_exit=False):
-            self.asr = AsrStream(self.stages, self.rate, self.config.language, self.settings.partial_interval_ms,
-                                 on_partial)
+            self.asr = AsrStream(self.stages, self.transcribe_config(partials=True), on_partial)
         self.asr.feed(self.utterance_audio)
 
     def drop_utterance(self) -> None:
@@ -583,10 +578,15 @@ class Session:
             if not self.replies and self.state == State.BOT_REPLYING:
                 self.state = State.SILENCE
 
+    def transcribe_config(self, partials: bool) -> tokenizer_pb2.TranscribeConfig:
+        interval = self.settings.partial_interval_ms if partials else 0
+        return tokenizer_pb2.TranscribeConfig(
+            format=audio_pb2.AudioFormat(sample_rate_hz=self.rate), language=self.config.language,
+            partial_results=interval > 0, partial_interval_ms=interval, full_window=self.settings.asr_full_window)
+
     async def transcribe_once(self, audio: bytes) -> tokenizer_pb2.TranscribeResponse:
         async def requests() -> AsyncIterator[tokenizer_pb2.TranscribeRequest]:
-            yield tokenizer_pb2.TranscribeRequest(config=tokenizer_pb2.TranscribeConfig(
-                format=audio_pb2.AudioFormat(sample_rate_hz=self.rate), language=self.config.language))
+            yield tokenizer_pb2.TranscribeRequest(config=self.transcribe_config(partials=False))
             for i in range(0, len(audio), 64000):
                 yield tokenizer_pb2.TranscribeRequest(audio=audio_pb2.AudioChunk(data=audio[i:i + 64000]))
 
@@ -619,6 +619,7 @@ class Session:
         tts_call = self.stages.tts.SynthesizeStream(tts_requests())
         speaker = asyncio.create_task(self.speak(reply, tts_call))
         t_text = 0.0
+        first_flushed = self.settings.first_phrase_words <= 0
         try:
             messages = self.messages(reply.user_text)
             for _round in range(self.settings.max_tool_rounds + 1):
@@ -640,7 +641,9 @@ class Session:
                             reply.timings.setdefault("_tts_start", t_text)
                         round_text += r.text_delta
                         reply.text += r.text_delta
-                        text_q.put_nowait(tts_pb2.TextPiece(text=r.text_delta))
+                        eager = not first_flushed and self._first_phrase_ready(reply.text)
+                        first_flushed = first_flushed or eager
+                        text_q.put_nowait(tts_pb2.TextPiece(text=r.text_delta, flush=eager))
                         self.reply_emit(reply, pb.ConverseResponse(reply_text_delta=pb.ReplyTextDelta(
                             turn_id=reply.turn_id, delta=r.text_delta)))
                     elif kind == "tool_call":
@@ -666,6 +669,13 @@ class Session:
                 tts_call.cancel()
                 with contextlib.suppress(BaseException):
                     await speaker
+
+    def _first_phrase_ready(self, text: str) -> bool:
+        """Whether the reply's opening words can be spoken now: a clause ended, or enough whole words."""
+        if not text.endswith((" ", "\n")):
+            return False
+        words = text.split()
+        return bool(words) and (words[-1][-1] in ",;:.!?" or len(words) >= self.settings.first_phrase_words)
 
     async def run_tool(self, reply: Reply, call: llm_pb2.ToolCall) -> str:
         call_id = call.id or uuid.uuid4().hex[:8]

@@ -42,7 +42,14 @@ class GatewaySettings(ServiceSettings):
     )
     speculative: bool = Field(True, description="Default: start replies at the pause, commit at the endpoint.")
     incremental_asr: bool = Field(True, description="Transcribe while the user speaks (partial transcripts).")
+    asr_full_window: bool = Field(
+        False, description="Ask Whisper for its full 30 s window (the walking skeleton's behaviour; slower)."
+    )
     partial_interval_ms: int = Field(700, description="Audio between partial transcripts, in ms.")
+    first_phrase_words: int = Field(
+        5, description="Speak the first phrase of a reply as soon as it has this many words or a clause ends "
+                       "(later phrases wait for sentence ends); 0 waits for the first sentence."
+    )
     output_lead_ms: int = Field(
         150, description="Reply audio is sent at real-time pace, at most this far ahead of playback, in ms."
     )

@@ -30,10 +30,10 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServiceServicer):
         self.settings = settings
         self._slots = asyncio.Semaphore(max(settings.workers, 1))
 
-    async def _transcribe(self, audio: np.ndarray, language: str) -> tuple[str, float, float]:
+    async def _transcribe(self, audio: np.ndarray, language: str, full: bool) -> tuple[str, float, float]:
         async with self._slots:
             t0 = time.perf_counter()
-            res = await asyncio.to_thread(self.asr.transcribe, audio, language)
+            res = await asyncio.to_thread(self.asr.transcribe, audio, language, full)
             return res.text, res.confidence, (time.perf_counter() - t0) * 1000
 
     async def Transcribe(  # noqa: N802
@@ -68,14 +68,15 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServiceServicer):
             # while the user talks and never queue up behind the final.
             if config.partial_results and partial_task is None and total - last_partial >= interval:
                 last_partial = total
-                partial_task = asyncio.create_task(self._transcribe(np.concatenate(parts), config.language))
+                partial_task = asyncio.create_task(
+                    self._transcribe(np.concatenate(parts), config.language, config.full_window))
         if partial_task is not None:
             partial_task.cancel()
         parts.append(resampler(np.zeros(0, np.float32), last=True))
         audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
         if audio.size == 0:
             raise InvalidArgument("no audio received: send audio chunks after the config")
-        text, conf, ms = await self._transcribe(audio, config.language)
+        text, conf, ms = await self._transcribe(audio, config.language, config.full_window)
         yield tokenizer_pb2.TranscribeResponse(
             text=text, is_final=True, confidence=conf, audio_processed_ms=int(audio.size * 1000 / 16000),
             processing_ms=ms,

