@@ -639,11 +639,14 @@ class Session:
                         if not t_text:
                             t_text = time.monotonic()
                             reply.timings.setdefault("_tts_start", t_text)
+                        if (not first_flushed and r.text_delta[:1].isspace()
+                                and self._first_phrase_ready(reply.text)):
+                            # A word just ended: speak the opening words now rather than wait for the sentence.
+                            text_q.put_nowait(tts_pb2.TextPiece(flush=True))
+                            first_flushed = True
                         round_text += r.text_delta
                         reply.text += r.text_delta
-                        eager = not first_flushed and self._first_phrase_ready(reply.text)
-                        first_flushed = first_flushed or eager
-                        text_q.put_nowait(tts_pb2.TextPiece(text=r.text_delta, flush=eager))
+                        text_q.put_nowait(tts_pb2.TextPiece(text=r.text_delta))
                         self.reply_emit(reply, pb.ConverseResponse(reply_text_delta=pb.ReplyTextDelta(
                             turn_id=reply.turn_id, delta=r.text_delta)))
                     elif kind == "tool_call":
@@ -671,9 +674,7 @@ class Session:
                     await speaker
 
     def _first_phrase_ready(self, text: str) -> bool:
-        """Whether the reply's opening words can be spoken now: a clause ended, or enough whole words."""
-        if not text.endswith((" ", "\n")):
-            return False
+        """Whether the reply's opening words (complete words only) can be spoken: a clause ended, or enough words."""
         words = text.split()
         return bool(words) and (words[-1][-1] in ",;:.!?" or len(words) >= self.settings.first_phrase_words)
 

