@@ -162,6 +162,9 @@ class Reply:
     speculative: bool = False
     endpoint_wall: float = 0.0
     started_at: float = field(default_factory=time.monotonic)
+    user_audio: bytes = b""
+    audio_out: bytearray = field(default_factory=bytearray)
+    out_rate: int = 22050
     discards: int = 0
     wasted_ms: float = 0.0
 
@@ -476,7 +479,7 @@ class Session:
         window = self.window
         end_ms = self.pause_at_ms if self.pause_at_ms >= 0 else self.in_ms
         reply = Reply(window.turn_id, trace.set_span_in_context(window.span), self.wall_at(end_ms),
-                      speculative=speculative)
+                      speculative=speculative, user_audio=self.utterance_audio)
         asr, self.asr = self.asr, None
         audio = self.utterance_audio if asr is None else b""
         if speculative:
@@ -629,7 +632,9 @@ class Session:
                     messages=messages, tools=self.tools, session_id=self.id,
                     sampling=llm_pb2.SamplingParams(max_tokens=self.config.max_reply_tokens or
                                                     self.settings.max_reply_tokens,
-                                                    temperature=self.settings.temperature))
+                                                    greedy=self.settings.greedy,
+                                                    temperature=self.settings.temperature,
+                                                    repetition_penalty=self.settings.repetition_penalty))
                 round_text = ""
                 async for r in self.stages.llm.Generate(request):
                     kind = r.WhichOneof("event")
@@ -750,6 +755,8 @@ class Session:
                     if ahead <= lead:
                         break
                     await asyncio.sleep(min(ahead - lead, 0.05))
+                reply.audio_out += piece
+                reply.out_rate = rate
                 if i == 0:
                     reply.phrases.append((chunk.text, reply.sent_ms, reply.sent_ms + len(data) * 500.0 / rate))
                 self.emit(pb.ConverseResponse(audio_out=pb.AudioOut(
@@ -792,12 +799,16 @@ class Session:
             done.timings.add(name=k.removesuffix("_ms"), duration_ms=v)
         self.reply_emit(reply, pb.ConverseResponse(turn_completed=done))
         if self.convlog is not None and reply.user_text:
+            from services.convlog import AudioClip
+
             self.convlog.turn_recorded(
                 session_id=self.id, turn_id=reply.turn_id, user_transcript=reply.user_text,
                 transcript_confidence=reply.confidence, reply_text=spoken, tool_calls=reply.tool_calls,
+                user_audio=AudioClip(reply.user_audio, self.rate) if reply.user_audio else None,
+                reply_audio=AudioClip(bytes(reply.audio_out), reply.out_rate) if reply.audio_out else None,
                 interruption=(int(played), spoken) if interrupted else None,
-                latencies={k: float(v) for k, v in t.items()}, consent=self.config.consent,
-                tenant=self.config.tenant)
+                latencies={k: int(v) for k, v in t.items()}, consent=self.config.consent,
+                tenant=self.config.tenant or None)
 
 
 class _Window:

@@ -23,11 +23,13 @@ class GatewaySettings(ServiceSettings):
     max_history_messages: int = Field(20, description="Most history messages sent to the LLM (oldest dropped).")
     max_sessions: int = Field(200, description="Concurrent sessions this gateway accepts (RESOURCE_EXHAUSTED beyond).")
     system_prompt: str = Field(
-        "You are a friendly voice assistant. Answer in one or two short spoken sentences. No lists, no markdown.",
+        "You are a helpful voice assistant. Reply in English with one short sentence.",
         description="Default system prompt.",
     )
     max_reply_tokens: int = Field(96, description="Default maximum reply length in LLM tokens.")
-    temperature: float = Field(0.3, description="Default LLM sampling temperature.")
+    greedy: bool = Field(True, description="Greedy LLM decoding (deterministic; best for the small embedded model).")
+    temperature: float = Field(0.7, description="LLM sampling temperature when not greedy.")
+    repetition_penalty: float = Field(1.0, description="LLM repetition penalty (1.0 = none).")
     max_tool_rounds: int = Field(3, description="Most LLM -> tool -> LLM rounds in one turn.")
     tool_timeout_s: float = Field(5.0, description="Deadline of one tool call, in seconds.")
     tool_filler: str = Field("One moment.", description="Spoken while a tool runs; empty disables the filler.")

@@ -34,6 +34,7 @@ from stepaudio.stack import Stack
 
 DATA = Path(__file__).parents[1] / "data"
 RATE = 16000
+STORYTELLER = "You are a storyteller. Tell long, detailed stories in English."
 
 
 def piper_speech(text: str) -> np.ndarray:
@@ -44,8 +45,9 @@ def piper_speech(text: str) -> np.ndarray:
     voice = PiperVoice.load(str(jv.model_path()), config_path=str(jv.config_path()))
     audio = np.concatenate([c.audio_float_array for c in voice.synthesize(text)])
     audio = resample(audio, voice.config.sample_rate, RATE)
-    loud = np.flatnonzero(np.abs(audio) > 0.02)
-    return audio[loud[0]:loud[-1] + 1]
+    loud = np.flatnonzero(np.abs(audio) > 0.01)
+    margin = RATE // 20  # keep 50 ms around the speech so onsets and endings stay intact
+    return audio[max(loud[0] - margin, 0):loud[-1] + 1 + margin]
 
 
 def silence(ms: int) -> np.ndarray:
@@ -85,7 +87,7 @@ async def gateway(stack: Stack) -> AsyncIterator[GrpcServer]:
 
 
 async def test_pause_then_resume_discards_the_speculative_reply(gateway: GrpcServer) -> None:
-    first, second = piper_speech("What is the capital"), piper_speech("of France?")
+    first, second = piper_speech("Please tell me"), piper_speech("what the capital of France is.")
     audio = np.concatenate([silence(500), first, silence(450), second, silence(1500)])
     # Precondition on the audio itself: the VAD sees a pause longer than pause_ms but shorter than endpoint_ms.
     det = SpeechDetector(SileroVad(), RATE, DetectorConfig(min_silence_ms=150))
@@ -111,7 +113,7 @@ async def test_pause_then_resume_discards_the_speculative_reply(gateway: GrpcSer
 async def test_barge_in_stops_audio_quickly_and_keeps_only_the_played_part(gateway: GrpcServer) -> None:
     interruption = piper_speech("Stop, tell me one fun fact about the moon instead.")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as ch:
-        conv = Conversation(ch, session_config(RATE, max_reply_tokens=120))
+        conv = Conversation(ch, session_config(RATE, max_reply_tokens=120, system_prompt=STORYTELLER))
         # A microphone sends audio all the time: silence while the bot talks.
         mic = asyncio.create_task(send_realtime(conv, silence(30000)))
         conv.send_text("Tell me a long story about a brave knight and a friendly dragon.")
@@ -139,6 +141,33 @@ async def test_barge_in_stops_audio_quickly_and_keeps_only_the_played_part(gatew
     assert 1000 <= first.reply_audio_ms
     # The interruption became the next turn.
     assert "moon" in completed(result)[1].user_text.lower()
+
+
+async def test_short_noise_does_not_cancel_the_reply(gateway: GrpcServer) -> None:
+    blip = piper_speech("Oh.")
+    det = SpeechDetector(SileroVad(), RATE, DetectorConfig())
+    events, _ = det.push(np.concatenate([silence(300), blip, silence(600)]), last=True)
+    assert len(events) == 2 and events[1].offset_ms - events[0].offset_ms < 400, events
+    td = pb.TurnDetection(min_interruption_ms=600)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as ch:
+        conv = Conversation(ch, session_config(RATE, max_reply_tokens=60, turn_detection=td,
+                                               system_prompt=STORYTELLER))
+        mic = asyncio.create_task(send_realtime(conv, silence(30000)))
+        conv.send_text("Tell me about the sea in three sentences.")
+        deadline = time.monotonic() + 60
+        while not conv.result.turns or not conv.result.turns[0].audio:
+            assert time.monotonic() < deadline, "no reply audio"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        mic.cancel()
+        await send_realtime(conv, np.concatenate([blip, silence(2000)]))
+        mic = asyncio.create_task(send_realtime(conv, silence(30000)))
+        await conv.wait_turns(1, 60)
+        mic.cancel()
+        result = await conv.finish()
+    turns = completed(result)
+    assert turns[0].outcome == pb.TURN_OUTCOME_COMPLETED, turns[0]
+    assert turns[0].reply_text.strip() == result.turns[0].reply_text.strip()
 
 
 class ScriptedLlm(llm_pb2_grpc.LlmServiceServicer):
