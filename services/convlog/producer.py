@@ -469,6 +469,7 @@ class ConversationLogger:
             delivery_timeout_ms=s.delivery_timeout_ms,
             max_block_ms=max(1000, s.request_timeout_ms),
             reconnect_backoff_max_ms=2000,
+            **s.kafka_client_kwargs(),
         )
         if self._producer_factory is not None:
             return self._producer_factory(**kwargs)

@@ -8,11 +8,13 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.convlog.kafka_security import KafkaSecurity
+
 FsyncPolicy = Literal["always", "interval", "none"]
 FullPolicy = Literal["drop_newest", "drop_oldest"]
 
 
-class ConvlogSettings(BaseSettings):
+class ConvlogSettings(KafkaSecurity, BaseSettings):
     """Where conversation-log events go and how durably they are kept on the way."""
 
     model_config = SettingsConfigDict(env_prefix="STEPAUDIO_CONVLOG_", extra="ignore")

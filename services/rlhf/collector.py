@@ -82,13 +82,15 @@ class Collector:
             client_id=s.client_id,
             enable_auto_commit=False,
             auto_offset_reset=s.auto_offset_reset,
+            **s.kafka_client_kwargs(),
             max_poll_records=s.max_poll_records,
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=s.heartbeat_interval_ms,
             max_poll_interval_ms=s.max_poll_interval_ms,
         )
         self.dlq = KafkaProducer(
-            bootstrap_servers=servers, client_id=s.client_id + "-dlq", acks="all", enable_idempotence=True
+            bootstrap_servers=servers, client_id=s.client_id + "-dlq", acks="all", enable_idempotence=True,
+            **s.kafka_client_kwargs(),
         )
 
     def commit_offsets(self) -> None:

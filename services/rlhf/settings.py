@@ -7,8 +7,10 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.convlog.kafka_security import KafkaSecurity
 
-class RlhfSettings(BaseSettings):
+
+class RlhfSettings(KafkaSecurity, BaseSettings):
     """Where the collector reads events and writes the preference dataset."""
 
     model_config = SettingsConfigDict(env_prefix="STEPAUDIO_RLHF_", extra="ignore")

@@ -256,10 +256,10 @@ def test_object_store_init_container() -> None:
 def test_kafka_sasl_tls_from_existing_secret() -> None:
     gw = next(d for d in render("stepaudio") if d["kind"] == "Deployment" and _component(d) == "gateway")
     env = {e["name"]: e for e in gw["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["STEPAUDIO_GATEWAY_KAFKA_SECURITY_PROTOCOL"]["value"] == "SASL_SSL"
-    assert env["STEPAUDIO_GATEWAY_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "stepaudio-kafka-user"
+    assert env["STEPAUDIO_CONVLOG_KAFKA_SECURITY_PROTOCOL"]["value"] == "SASL_SSL"
+    assert env["STEPAUDIO_CONVLOG_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "stepaudio-kafka-user"
     assert env["STEPAUDIO_GATEWAY_REDIS_URL"]["valueFrom"]["secretKeyRef"]["name"] == "stepaudio-redis"
-    assert env["STEPAUDIO_GATEWAY_KAFKA_BOOTSTRAP"]["value"] == "stepaudio-kafka-bootstrap.kafka.svc:9093"
+    assert env["STEPAUDIO_CONVLOG_BOOTSTRAP_SERVERS"]["value"] == "stepaudio-kafka-bootstrap.kafka.svc:9093"
 
 
 def test_helm_test_pods() -> None:

@@ -131,7 +131,8 @@ spec:
               value: {{ default (printf "%s-triton:%v" $fullname $v.triton.ports.grpc) $c.tritonUrls | quote }}
             {{- end }}
             {{- if and (has .name (list "gateway" "rlhf")) $v.kafka.bootstrapServers }}
-            {{- include "stepaudio.kafkaEnv" . | nindent 12 }}
+            {{- /* gateway: the conversation-log producer reads STEPAUDIO_CONVLOG_KAFKA_*; rlhf: STEPAUDIO_RLHF_KAFKA_* */}}
+            {{- include "stepaudio.kafkaEnv" (dict "ctx" .ctx "name" (ternary "convlog" "rlhf" (eq .name "gateway"))) | nindent 12 }}
             {{- end }}
             {{- if and (eq .name "gateway") $v.kafka.bootstrapServers }}
             - name: STEPAUDIO_CONVLOG_BOOTSTRAP_SERVERS

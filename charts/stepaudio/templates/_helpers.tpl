@@ -174,8 +174,6 @@ topologySpreadConstraints:
 {{- define "stepaudio.kafkaEnv" -}}
 {{- $p := include "stepaudio.envPrefix" .name -}}
 {{- $k := .ctx.Values.kafka -}}
-- name: {{ $p }}KAFKA_BOOTSTRAP
-  value: {{ $k.bootstrapServers | quote }}
 - name: {{ $p }}KAFKA_SECURITY_PROTOCOL
   value: {{ ternary (ternary "SASL_SSL" "SSL" $k.sasl.enabled) (ternary "SASL_PLAINTEXT" "PLAINTEXT" $k.sasl.enabled) $k.tls.enabled | quote }}
 {{- if $k.tls.enabled }}
@@ -196,12 +194,6 @@ topologySpreadConstraints:
       name: {{ $k.sasl.existingSecret }}
       key: {{ $k.sasl.passwordKey }}
 {{- end }}
-- name: {{ $p }}KAFKA_TOPIC_CONVERSATION
-  value: {{ $k.topics.conversation | quote }}
-- name: {{ $p }}KAFKA_TOPIC_DLQ
-  value: {{ $k.topics.dlq | quote }}
-- name: {{ $p }}KAFKA_TOPIC_PREFERENCES
-  value: {{ $k.topics.preferences | quote }}
 {{- end -}}
 
 {{/*
