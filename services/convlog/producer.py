@@ -285,8 +285,10 @@ class ConversationLogger:
                 t.interruption.audio_offset_ms = int(interruption[0])
                 t.interruption.played_text = self._text(ev, interruption[1], consent)
             if lat:
+                known = t.latencies.DESCRIPTOR.fields_by_name
                 for k, v in lat.items():
-                    setattr(t.latencies, k, int(v))
+                    if k in known:  # unknown names are dropped, never fatal to the event
+                        setattr(t.latencies, k, max(int(v), 0))
 
         return self._submit(
             build,

@@ -53,6 +53,9 @@ _spec = meter().create_counter("stepaudio.speculative.replies", description="Spe
 _interruptions = meter().create_counter("stepaudio.interruptions", description="Barge-ins by kind (true/false)")
 
 
+_LOG_LATENCY = {"time_to_first_audio_ms": "first_audio_ms"}  # turn timing name -> logs.v1 TurnLatencies field
+
+
 class State(enum.Enum):
     SILENCE = "silence"
     USER_SPEAKING = "user_speaking"
@@ -807,7 +810,7 @@ class Session:
                 user_audio=AudioClip(reply.user_audio, self.rate) if reply.user_audio else None,
                 reply_audio=AudioClip(bytes(reply.audio_out), reply.out_rate) if reply.audio_out else None,
                 interruption=(int(played), spoken) if interrupted else None,
-                latencies={k: int(v) for k, v in t.items()}, consent=self.config.consent,
+                latencies={_LOG_LATENCY.get(k, k): int(v) for k, v in t.items()}, consent=self.config.consent,
                 tenant=self.config.tenant or None)
 
 
