@@ -30,6 +30,7 @@ def build(settings: GatewaySettings | None = None) -> GrpcServer:
         if convlog is not None:
             convlog.start()
         await stages.refresh_catalogs(deadline_s=120)
+        await servicer.prime_llm()
 
     async def on_drain() -> None:
         await servicer.drain()

@@ -44,6 +44,26 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
 
         return [Observation(len(self.sessions))]
 
+    async def prime_llm(self) -> None:
+        """Run the default system prompt (with and without the tool list) once, so the LLM's prompt cache holds it
+        before the first user arrives (the first turn otherwise pays the whole prefill)."""
+        from stepaudio.llm.v1 import llm_pb2
+
+        system = llm_pb2.ChatMessage(role=llm_pb2.ROLE_SYSTEM, content=[llm_pb2.ContentPart(
+            text=self.settings.system_prompt)])
+        user = llm_pb2.ChatMessage(role=llm_pb2.ROLE_USER, content=[llm_pb2.ContentPart(text="Hello.")])
+        tools = [llm_pb2.ToolDefinition(name=t.name, description=t.description,
+                                        parameters_json_schema=t.parameters_json_schema)
+                 for t in self.stages.tool_specs.values()]
+        for defs in (tools, []):
+            request = llm_pb2.GenerateRequest(messages=[system, user], tools=defs,
+                                              sampling=llm_pb2.SamplingParams(max_tokens=1, greedy=True))
+            try:
+                async for _ in self.stages.llm.Generate(request, timeout=120, wait_for_ready=True):
+                    pass
+            except grpc.aio.AioRpcError as e:
+                log.warning("LLM warm-up failed; the first turn will be slower", code=e.code().name)
+
     async def drain(self) -> None:
         """Stop taking new sessions; live ones finish within the server's grace period."""
         self.draining = True
