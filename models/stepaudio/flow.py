@@ -168,9 +168,11 @@ class ConformerEncoder(nn.Module):
 
     def __init__(self, d: int, heads: int, hidden: int, blocks: int) -> None:
         super().__init__()
+        # Registration order = the reference's (BaseEncoder.__init__ registers embed and after_norm, then
+        # ConformerEncoder adds encoders), so state_dict() lists keys in the published flow.pt order.
         self.embed = LinearNoSubsampling(d, d)
-        self.encoders = nn.ModuleList([ConformerEncoderLayer(d, heads, hidden) for _ in range(blocks)])
         self.after_norm = nn.LayerNorm(d, eps=1e-5)
+        self.encoders = nn.ModuleList([ConformerEncoderLayer(d, heads, hidden) for _ in range(blocks)])
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """x (B, T, D), lengths (B,) -> (B, T, D)."""
@@ -482,8 +484,9 @@ class MaskedDiffWithXvec(nn.Module):
         self.spk_embed_affine_layer = nn.Linear(cfg.spk_embed_dim, cfg.output_size)
         self.encoder = ConformerEncoder(cfg.input_size, cfg.enc_heads, cfg.enc_linear_units, cfg.enc_blocks)
         self.encoder_proj = nn.Linear(cfg.input_size, cfg.output_size)
-        self.length_regulator = InterpolateRegulator(cfg.output_size, cfg.lr_sampling_ratios)
+        # decoder before length_regulator, as in the reference __init__ (key order of the published flow.pt)
         self.decoder = ConditionalCFM(cfg)
+        self.length_regulator = InterpolateRegulator(cfg.output_size, cfg.lr_sampling_ratios)
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token ids (1, T) -> projected encoder output (1, T, 80)."""
