@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from models.stepaudio.step1 import (
+    Step1Config,
     Step1ForCausalLM,
     alibi_slopes,
     apply_repetition_guard,
@@ -18,6 +19,7 @@ from models.stepaudio.step1 import (
 )
 from tests.models.conftest import make_step1
 
+DATA = Path(__file__).parent / "data"
 GOLDEN = [4745, 49435, 51732, 29337, 23205, 6314, 72197, 1213]
 
 
@@ -39,6 +41,14 @@ def test_layout_and_load(step1: tuple[Step1ForCausalLM, Path]) -> None:
     assert model.model.layers[0].self_attn.k_proj.weight.shape == (16, 48)  # 2 groups x head_dim 8
     assert model.lm_head.weight.dtype == torch.float32
     (d / "model-00001-of-00002.safetensors").exists()
+
+
+def test_layout_matches_reference() -> None:
+    """Names, shapes and order of the published Step-Audio-TTS-3B safetensors (list from make_reference_keys.py)."""
+    with torch.device("meta"):
+        m = Step1ForCausalLM(Step1Config())
+    ref = json.loads((DATA / "step1_tts3b_state_keys.json").read_text())
+    assert [[k, list(v.shape)] for k, v in m.state_dict().items()] == ref
 
 
 def test_missing_shard_is_named(tmp_path: Path) -> None:

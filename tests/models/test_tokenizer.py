@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import hashlib
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from models.stepaudio.audio import kaldi_fbank
-from models.stepaudio.tokenizer import DualTokenizer, apply_lfr, load_cmvn
+from models.stepaudio.tokenizer import DualTokenizer, ParaformerConfig, SANMEncoder, apply_lfr, load_cmvn
 from tests.models.conftest import PARAFORMER_SUBDIR, test_audio
 
 GOLDEN_SHA = "c20b7483c468e2b5"
+
+
+def test_paraformer_layout_matches_reference() -> None:
+    """``encoder.*`` names/shapes/order of the FunASR paraformer-large online model.pt (make_reference_keys.py)."""
+    with torch.device("meta"):
+        enc = SANMEncoder(ParaformerConfig())
+    ref = json.loads((Path(__file__).parent / "data" / "paraformer_encoder_keys.json").read_text())
+    assert [[f"encoder.{k}", list(v.shape)] for k, v in enc.state_dict().items()] == ref
 
 
 def test_30s_rate(dual_tokenizer: DualTokenizer) -> None:
