@@ -58,6 +58,7 @@ class Stack:
 
     run_dir: Path = field(default_factory=lambda: REPO_ROOT / ".run")
     ports: dict[str, int] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=dict)
     triton_ports: dict[str, int] = field(default_factory=dict)
     otlp_endpoint: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -77,6 +78,7 @@ class Stack:
         if name in self.ports:
             env[prefix + "PORT"] = str(self.ports[name])
             env[prefix + "HOST"] = "127.0.0.1"
+            env[prefix + "METRICS_PORT"] = str(self.metrics_ports.setdefault(name, free_port()))
         if self.otlp_endpoint:
             env[prefix + "OTLP_ENDPOINT"] = self.otlp_endpoint
         if name == "llm":
@@ -149,7 +151,7 @@ class Stack:
         raise TimeoutError("tritonserver model embedded_llm not ready")
 
     def save(self) -> None:
-        state = {"ports": self.ports, "triton_ports": self.triton_ports,
+        state = {"ports": self.ports, "metrics_ports": self.metrics_ports, "triton_ports": self.triton_ports,
                  "pids": {n: p.pid for n, p in self.procs.items()}}
         (self.run_dir / "stack.json").write_text(json.dumps(state, indent=2))
 
@@ -178,6 +180,7 @@ class Stack:
         full = self._env("gateway")
         full.update(env)
         full["STEPAUDIO_GATEWAY_PORT"] = str(port)
+        full["STEPAUDIO_GATEWAY_METRICS_PORT"] = str(free_port())
         self._spawn(name, ["-m", "services.gateway"], full)
         return f"127.0.0.1:{port}"
 

@@ -90,3 +90,15 @@ async def test_one_turn_is_one_trace(first_turn, otlp: OtlpReceiver) -> None:
 def test_reply_audio_is_not_silence(first_turn) -> None:
     audio = pcm16_to_float(first_turn.audio)
     assert float(np.sqrt(np.mean(audio**2))) > 0.01
+
+
+def test_turn_metrics_are_exported_for_prometheus(first_turn, stack: Stack) -> None:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_ports['gateway']}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    for name in ("stepaudio_turn_time_to_first_audio_seconds_bucket", "stepaudio_turn_stage_seconds_bucket",
+                 "stepaudio_gateway_active_sessions", "stepaudio_rpc_duration_seconds_bucket"):
+        assert name in text, name
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.triton_ports['metrics']}/metrics", timeout=5) as r:
+        assert "nv_inference_request_success" in r.read().decode()
