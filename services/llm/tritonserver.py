@@ -60,7 +60,7 @@ def _site_packages() -> Path:
 def _wheel_tree() -> Path:
     tree = _site_packages() / "pytriton" / "tritonserver"
     if not (tree / "bin" / "tritonserver").exists():
-        raise TritonStartError(f"no tritonserver binary in {tree}: pip install -e ".[embedded]" (nvidia-pytriton)")
+        raise TritonStartError(f"no tritonserver binary in {tree}: pip install -e '.[embedded]' (nvidia-pytriton)")
     return tree
 
 
