@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator
 
 import grpc
@@ -70,14 +71,52 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
             check_format(config.sample_rate_hz, what="output sample rate")
         return voice, config.style
 
-    async def _speak(self, text: str, config: tts_pb2.SynthesisConfig, voice: str) -> Synthesis:
+    async def _speak(self, text: str, config: tts_pb2.SynthesisConfig, voice: str) -> AsyncIterator[Synthesis]:
+        """The phrase's pieces as the backend yields them (one for backends that do not stream within a phrase).
+
+        The backend iterator runs in its own thread and hands pieces to the event loop; when the consumer stops
+        (client cancel, error), the thread is told through ``cancel`` and closes the iterator itself.
+        """
         tags, body = split_tags(text)
         style = config.style + tags.prefix()
         if not body.strip():
-            return Synthesis(audio=np.zeros(0, np.float32))
-        return await asyncio.to_thread(
-            self.backend.synthesize, body, voice, style, config.speed or 1.0, config.output_kind or 1
-        )
+            yield Synthesis(audio=np.zeros(0, np.float32))
+            return
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        cancel = threading.Event()
+        done = object()
+
+        def put(item: object) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def work() -> None:
+            it = None
+            try:
+                it = self.backend.synthesize_stream(
+                    body, voice, style, config.speed or 1.0, config.output_kind or 1, cancel=cancel
+                )
+                for syn in it:
+                    if cancel.is_set():
+                        break
+                    put(syn)
+            except BaseException as e:  # noqa: BLE001 - re-raised on the event loop
+                put(e)
+            finally:
+                if it is not None and hasattr(it, "close"):
+                    with contextlib.suppress(Exception):
+                        it.close()
+                put(done)
+
+        threading.Thread(target=work, name="tts-synthesize", daemon=True).start()
+        try:
+            while (item := await queue.get()) is not done:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item  # type: ignore[misc]
+        finally:
+            cancel.set()
 
     async def Synthesize(  # noqa: N802
         self, request: tts_pb2.SynthesizeRequest, context: grpc.aio.ServicerContext
@@ -90,8 +129,11 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
                                   f"{self.settings.max_text_chars}: split it")
         out = _Output(request.config.sample_rate_hz)
         for phrase in split_phrases(request.text, self.settings.min_phrase_chars, self.settings.max_phrase_chars):
-            syn = await self._speak(phrase, request.config, voice)
-            yield tts_pb2.SynthesizeResponse(chunk=out.chunk(phrase, syn))
+            async with contextlib.aclosing(self._speak(phrase, request.config, voice)) as pieces:
+                first = True
+                async for syn in pieces:
+                    yield tts_pb2.SynthesizeResponse(chunk=out.chunk(phrase if first else "", syn))
+                    first = False
 
     async def SynthesizeStream(  # noqa: N802
         self, request_iterator: AsyncIterator[tts_pb2.SynthesizeStreamRequest], context: grpc.aio.ServicerContext
@@ -126,8 +168,11 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
             while (item := await phrases.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                syn = await self._speak(item, config, voice)
-                yield tts_pb2.SynthesizeStreamResponse(chunk=out.chunk(item, syn))
+                async with contextlib.aclosing(self._speak(item, config, voice)) as pieces:
+                    first = True
+                    async for syn in pieces:
+                        yield tts_pb2.SynthesizeStreamResponse(chunk=out.chunk(item if first else "", syn))
+                        first = False
         finally:
             reader.cancel()
             with contextlib.suppress(BaseException):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,6 +42,20 @@ class TtsBackend(ABC):
     @abstractmethod
     def synthesize(self, text: str, voice: str, style: str, speed: float, output_kind: int) -> Synthesis:
         """Speak one phrase (blocking; called from a worker thread). Raise InvalidArgument/NotFound on bad input."""
+
+    def synthesize_stream(
+        self, text: str, voice: str, style: str, speed: float, output_kind: int,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[Synthesis]:
+        """Speak one phrase as pieces, each yielded as soon as it is ready (blocking; run it in a worker thread).
+
+        Pieces of one phrase concatenate to the whole phrase. ``cancel``, once set, asks the backend to stop
+        early (checked between generation steps where the backend can). Callers close the iterator when they
+        stop early. The default yields :meth:`synthesize` once: one piece per phrase.
+        """
+        if cancel is not None and cancel.is_set():
+            return
+        yield self.synthesize(text, voice, style, speed, output_kind)
 
     def warmup(self) -> None:
         v = self.voices()[0].name

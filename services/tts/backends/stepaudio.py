@@ -22,8 +22,12 @@ Text encoder (ids for the Step1 prompt), first match wins:
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +70,14 @@ class StepAudioTtsOptions(BaseSettings):
     )
     seed: int = Field(default=-1, description="Sampling seed per phrase: -1 draws a fresh one; >= 0 reproducible.")
     flow_seed: int = Field(default=0, description="Seed of the flow ODE start noise and of the HiFT excitation.")
+    stream_chunk_tokens: int = Field(
+        default=50, gt=0, description="Streaming within a phrase: audio tokens per flow window / token run (50 is "
+        "1.2 s; keep it a multiple of 5, one [2 linguistic, 3 semantic] group)."
+    )
+    stream_overlap_tokens: int = Field(
+        default=10, gt=0, description="Streaming: look-ahead tokens each flow window also sees, cross-faded at the "
+        "seam; the first audio comes after chunk + overlap tokens. Must be below stream_chunk_tokens."
+    )
 
 
 class ByteEncoder:
@@ -130,7 +142,11 @@ def speed_tag(speed: float) -> str:
 
 
 class StepAudioTts(TtsBackend):
-    """One phrase per call: plan the prompt, sample audio tokens, then flow (+ HiFT) with the voice prompt."""
+    """One phrase per call: plan the prompt, sample audio tokens, then flow (+ HiFT) with the voice prompt.
+
+    :meth:`synthesize` runs the flow offline on the whole phrase; :meth:`synthesize_stream` (used by the server)
+    feeds the streaming flow as tokens are sampled and yields pieces as they are ready.
+    """
 
     output_kinds = (KIND_AUDIO, KIND_AUDIO_TOKENS, KIND_MEL)
 
@@ -177,7 +193,11 @@ class StepAudioTts(TtsBackend):
         mask[AUDIO_VOCAB_BASE : AUDIO_VOCAB_BASE + AUDIO_VOCAB_SIZE] = 0.0
         mask[3] = 0.0  # EOT ends the utterance
         self._mask = mask.to(self.device)
+        if self.opts.stream_overlap_tokens >= self.opts.stream_chunk_tokens:
+            raise ValueError(f"STEPAUDIO_TTS_STREAM_OVERLAP_TOKENS={self.opts.stream_overlap_tokens} must be below "
+                             f"STEPAUDIO_TTS_STREAM_CHUNK_TOKENS={self.opts.stream_chunk_tokens}")
         self._lock = threading.Lock()
+        self.last_stream: StreamStats | None = None
 
     def _register_pending(self) -> None:
         """Register ``<name>.wav`` + ``<name>.txt`` that have no ``<name>.npz`` yet."""
@@ -204,10 +224,8 @@ class StepAudioTts(TtsBackend):
     def _audio_only(self, scores: Any, history: list[int]) -> Any:
         return scores + self._mask
 
-    def synthesize(self, text: str, voice: str, style: str, speed: float, output_kind: int) -> Synthesis:
-        import torch
-
-        from models.stepaudio.token2wav import FlowPrompt
+    def _prepare(self, text: str, voice: str, style: str, speed: float, output_kind: int) -> tuple[int, Any, int]:
+        """Check the request and plan the TTS-3B prompt: (output kind, plan, sampling seed)."""
         from models.stepaudio.tts_frontend import InstructionError, plan_registered
 
         kind = output_kind or KIND_AUDIO
@@ -231,22 +249,156 @@ class StepAudioTts(TtsBackend):
             raise InvalidArgument(f"text plus the voice prompt is {len(plan.input_ids)} tokens; max_length is "
                                   f"{self.opts.max_length}: send shorter text")
         seed = self.opts.seed if self.opts.seed >= 0 else int(np.random.default_rng().integers(2**31))
+        return kind, plan, seed
+
+    def _tokens(self, plan: Any, seed: int) -> Iterator[int]:
+        """TTS-3B audio ids (65536 + X) as sampled."""
+        import torch
+
+        return self.lm.generate_stream(
+            plan.input_ids, max_new_tokens=self.opts.max_new_tokens, temperature=self.opts.temperature,
+            top_p=self.opts.top_p, repetition_guard=True, max_length=self.opts.max_length,
+            generator=torch.Generator().manual_seed(seed), logits_hook=self._audio_only,
+        )
+
+    def _flow_prompt(self, plan: Any) -> Any:
+        from models.stepaudio.token2wav import FlowPrompt
+
+        entry = self.registry.get(plan.voice_key)
+        return FlowPrompt(entry.flow_tokens, entry.prompt_mel, entry.embedding)
+
+    def synthesize(self, text: str, voice: str, style: str, speed: float, output_kind: int) -> Synthesis:
+        kind, plan, seed = self._prepare(text, voice, style, speed, output_kind)
         with self._lock:
-            ids = self.lm.generate(
-                plan.input_ids, max_new_tokens=self.opts.max_new_tokens, temperature=self.opts.temperature,
-                top_p=self.opts.top_p, repetition_guard=True, max_length=self.opts.max_length,
-                generator=torch.Generator().manual_seed(seed), logits_hook=self._audio_only,
-            )
-            xs = [i - AUDIO_VOCAB_BASE for i in ids]
+            xs = [i - AUDIO_VOCAB_BASE for i in self._tokens(plan, seed)]
             if kind == KIND_AUDIO_TOKENS:
                 return Synthesis(audio_tokens=xs)
             engine = self.engines[plan.flow_set]
             if not xs:
                 empty = np.zeros((0, 80), np.float32)
                 return Synthesis(mel=empty) if kind == KIND_MEL else Synthesis(audio=np.zeros(0, np.float32))
-            entry = self.registry.get(plan.voice_key)
-            prompt = FlowPrompt(entry.flow_tokens, entry.prompt_mel, entry.embedding)
-            mel = engine.offline_mel(xs, prompt, max_tokens=max(len(xs), self.opts.max_new_tokens))
+            mel = engine.offline_mel(xs, self._flow_prompt(plan), max_tokens=max(len(xs), self.opts.max_new_tokens))
             if kind == KIND_MEL:
                 return Synthesis(mel=np.ascontiguousarray(mel.T, dtype=np.float32))
             return Synthesis(audio=engine.vocode(mel).astype(np.float32), sample_rate_hz=engine.sample_rate)
+
+    def synthesize_stream(
+        self, text: str, voice: str, style: str, speed: float, output_kind: int,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[Synthesis]:
+        """Stream within the phrase: TTS-3B tokens go to the streaming flow (+ HiFT) as they are sampled.
+
+        AUDIO yields each waveform piece :class:`Token2WavStream` finalises (the first after
+        ``stream_chunk_tokens + stream_overlap_tokens`` tokens), MEL the mel frames of each finalised token
+        window ([frames, 80], not vocoded), AUDIO_TOKENS runs of ``stream_chunk_tokens`` ids. A phrase with no
+        tokens yields one empty piece. ``cancel`` is checked between tokens; once set, generation stops and
+        nothing more is yielded. The backend lock is held until the iterator ends or is closed.
+        Progress of the last call is in :attr:`last_stream` (tokens sampled when each piece was yielded).
+        """
+        kind, plan, seed = self._prepare(text, voice, style, speed, output_kind)
+        chunk, overlap = self.opts.stream_chunk_tokens, self.opts.stream_overlap_tokens
+        with self._lock:
+            stats = StreamStats(kind=kind, started=time.perf_counter())
+            self.last_stream = stats
+            tokens = self._tokens(plan, seed)
+            pieces = 0
+
+            def piece(syn: Synthesis) -> Synthesis:
+                nonlocal pieces
+                pieces += 1
+                stats.tokens_at_piece.append(stats.tokens)
+                if stats.first_piece_s is None:
+                    stats.first_piece_s = time.perf_counter() - stats.started
+                return syn
+
+            try:
+                if kind == KIND_AUDIO_TOKENS:
+                    run: list[int] = []
+                    for tok in tokens:
+                        if cancel is not None and cancel.is_set():
+                            stats.cancelled = True
+                            return
+                        stats.tokens += 1
+                        run.append(tok - AUDIO_VOCAB_BASE)
+                        if len(run) >= chunk:
+                            yield piece(Synthesis(audio_tokens=run))
+                            run = []
+                    if run or not pieces:
+                        yield piece(Synthesis(audio_tokens=run))
+                    return
+                engine = self.engines[plan.flow_set]
+                prompt = self._flow_prompt(plan)
+                opts = dict(chunk_tokens=chunk, overlap_tokens=overlap, max_tokens=self.opts.max_new_tokens)
+                if kind == KIND_MEL:
+                    mel_stream = _mel_stream_class()(engine, prompt, **opts)
+
+                    def push(x: int) -> list[Synthesis]:
+                        mel_stream.push([x])
+                        return [Synthesis(mel=np.ascontiguousarray(m.T, dtype=np.float32)) for m in mel_stream.take()]
+
+                    def finish() -> list[Synthesis]:
+                        mel_stream.finish()
+                        return [Synthesis(mel=np.ascontiguousarray(m.T, dtype=np.float32)) for m in mel_stream.take()]
+                else:
+                    wav_stream = engine.stream(prompt, **opts)
+
+                    def audio(waves: list[np.ndarray]) -> list[Synthesis]:
+                        return [Synthesis(audio=w.astype(np.float32), sample_rate_hz=engine.sample_rate) for w in waves]
+
+                    def push(x: int) -> list[Synthesis]:
+                        return audio(wav_stream.push([x]))
+
+                    def finish() -> list[Synthesis]:
+                        return audio(wav_stream.finish())
+
+                for tok in tokens:
+                    if cancel is not None and cancel.is_set():
+                        stats.cancelled = True
+                        return
+                    stats.tokens += 1
+                    for syn in push(tok - AUDIO_VOCAB_BASE):
+                        yield piece(syn)
+                if cancel is not None and cancel.is_set():
+                    stats.cancelled = True
+                    return
+                for syn in finish():
+                    yield piece(syn)
+                if not pieces:
+                    empty = Synthesis(mel=np.zeros((0, 80), np.float32)) if kind == KIND_MEL else Synthesis(
+                        audio=np.zeros(0, np.float32), sample_rate_hz=engine.sample_rate)
+                    yield piece(empty)
+            finally:
+                tokens.close()
+                stats.total_s = time.perf_counter() - stats.started
+
+
+@dataclass
+class StreamStats:
+    """Progress of one :meth:`StepAudioTts.synthesize_stream` call (for tests and logs)."""
+
+    kind: int
+    started: float
+    tokens: int = 0  # audio tokens sampled so far
+    tokens_at_piece: list[int] = field(default_factory=list)  # ``tokens`` when each piece was yielded
+    first_piece_s: float | None = None  # seconds from the start of generation to the first piece
+    total_s: float | None = None  # seconds until the iterator ended
+    cancelled: bool = False
+
+
+@functools.cache
+def _mel_stream_class() -> type:
+    """A :class:`Token2WavStream` that stops at the mel (no HiFT); ``take()`` returns newly finalised frames."""
+    from models.stepaudio.token2wav import Token2WavStream
+
+    class MelStream(Token2WavStream):
+        taken = 0
+
+        def _vocode(self, final: bool) -> None:
+            return None
+
+        def take(self) -> list[np.ndarray]:
+            new = [m for m in self.mel[self.taken :] if m.shape[1]]
+            self.taken = len(self.mel)
+            return new
+
+    return MelStream
