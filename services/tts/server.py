@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import grpc
 import numpy as np
@@ -71,7 +71,7 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
             check_format(config.sample_rate_hz, what="output sample rate")
         return voice, config.style
 
-    async def _speak(self, text: str, config: tts_pb2.SynthesisConfig, voice: str) -> AsyncIterator[Synthesis]:
+    async def _speak(self, text: str, config: tts_pb2.SynthesisConfig, voice: str) -> AsyncGenerator[Synthesis, None]:
         """The phrase's pieces as the backend yields them (one for backends that do not stream within a phrase).
 
         The backend iterator runs in its own thread and hands pieces to the event loop; when the consumer stops
@@ -114,7 +114,7 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
             while (item := await queue.get()) is not done:
                 if isinstance(item, BaseException):
                     raise item
-                yield item  # type: ignore[misc]
+                yield item  # type: ignore[misc]  # a Synthesis: the queue also carries errors and `done`
         finally:
             cancel.set()
 

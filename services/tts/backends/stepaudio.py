@@ -26,7 +26,7 @@ import functools
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,11 +251,11 @@ class StepAudioTts(TtsBackend):
         seed = self.opts.seed if self.opts.seed >= 0 else int(np.random.default_rng().integers(2**31))
         return kind, plan, seed
 
-    def _tokens(self, plan: Any, seed: int) -> Iterator[int]:
+    def _tokens(self, plan: Any, seed: int) -> Generator[int, None, None]:
         """TTS-3B audio ids (65536 + X) as sampled."""
         import torch
 
-        return self.lm.generate_stream(
+        return self.lm.generate_stream(  # type: ignore[return-value]  # a generator function
             plan.input_ids, max_new_tokens=self.opts.max_new_tokens, temperature=self.opts.temperature,
             top_p=self.opts.top_p, repetition_guard=True, max_length=self.opts.max_length,
             generator=torch.Generator().manual_seed(seed), logits_hook=self._audio_only,
