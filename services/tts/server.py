@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator
 
@@ -109,7 +110,8 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
                         it.close()
                 put(done)
 
-        threading.Thread(target=work, name="tts-synthesize", daemon=True).start()
+        ctx = contextvars.copy_context()  # as asyncio.to_thread does: trace/log context reaches the backend
+        threading.Thread(target=ctx.run, args=(work,), name="tts-synthesize", daemon=True).start()
         try:
             while (item := await queue.get()) is not done:
                 if isinstance(item, BaseException):
