@@ -113,7 +113,9 @@ class _RpcScope:
         session_id = self.md.get("x-session-id", "")
         if session_id:
             self.span.set_attribute("stepaudio.session_id", session_id)
-        self.tokens = structlog.contextvars.bind_contextvars(method=self.method, session_id=session_id)
+        self.tokens = structlog.contextvars.bind_contextvars(
+            service=f"stepaudio-{self.owner._service}", method=self.method, session_id=session_id
+        )
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
         try:
