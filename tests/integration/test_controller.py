@@ -289,3 +289,24 @@ async def test_reconnect_after_gateway_restart_keeps_history(
     stored = json.loads(r.get(key))
     assert [m["text"] for m in stored["history"]][:1] == ["My name is Ada."]
     assert 0 < r.ttl(key) <= GatewaySettings().session_ttl_s
+
+
+async def test_drain_finishes_live_sessions_and_refuses_new_ones(stack: Stack) -> None:
+    gw = await start_gateway(stack, drain_grace_s=30)
+    addr = f"127.0.0.1:{gw.port}"
+    async with grpc.aio.insecure_channel(addr) as ch:
+        conv = Conversation(ch, session_config(RATE))
+        conv.send_text("Say hello to the team.")
+        while not conv.result.session_id:
+            await asyncio.sleep(0.02)
+        stopping = asyncio.create_task(gw.stop())  # what SIGTERM does: NOT_SERVING, drain, then stop
+        await asyncio.sleep(0.3)
+        async with grpc.aio.insecure_channel(addr) as ch2:
+            late = Conversation(ch2, session_config(RATE))
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await late.finish(30)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        await conv.wait_turns(1, 60)
+        result = await conv.finish()
+    await stopping
+    assert result.audio and completed(result)[0].outcome == pb.TURN_OUTCOME_COMPLETED
