@@ -297,7 +297,9 @@ async def test_drain_finishes_live_sessions_and_refuses_new_ones(stack: Stack) -
     async with grpc.aio.insecure_channel(addr) as ch:
         conv = Conversation(ch, session_config(RATE))
         conv.send_text("Say hello to the team.")
+        deadline = time.monotonic() + 30
         while not conv.result.session_id:
+            assert time.monotonic() < deadline, "no session started"
             await asyncio.sleep(0.02)
         stopping = asyncio.create_task(gw.stop())  # what SIGTERM does: NOT_SERVING, drain, then stop
         await asyncio.sleep(0.3)

@@ -29,13 +29,14 @@ async def status(port: int, service: str = "") -> int:
 
 
 async def test_not_serving_until_warmup_ends_and_during_drain() -> None:
-    warm = asyncio.Event()
+    warm, checked = asyncio.Event(), asyncio.Event()
     seen: list[int] = []
     settings = ToolsSettings(port=free_port(), host="127.0.0.1", log_level="WARNING")
 
     async def warmup() -> None:
         seen.append(await status(settings.port))
         seen.append(await status(settings.port, SERVICE_NAME))
+        checked.set()
         await warm.wait()
 
     async def on_drain() -> None:
@@ -46,8 +47,7 @@ async def test_not_serving_until_warmup_ends_and_during_drain() -> None:
                         [ServiceSpec(SERVICE_NAME, tools_pb2_grpc.add_ToolsServiceServicer_to_server, servicer)],
                         warmup, on_drain)
     start = asyncio.create_task(server.start())
-    while len(seen) < 2:
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(checked.wait(), 30)
     warm.set()
     await start
     assert await status(settings.port) == health_pb2.HealthCheckResponse.SERVING
