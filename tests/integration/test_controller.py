@@ -312,3 +312,26 @@ async def test_drain_finishes_live_sessions_and_refuses_new_ones(stack: Stack) -
         result = await conv.finish()
     await stopping
     assert result.audio and completed(result)[0].outcome == pb.TURN_OUTCOME_COMPLETED
+
+
+async def test_feedback_regenerate_and_client_interrupt(gateway: GrpcServer) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as ch:
+        conv = Conversation(ch, session_config(RATE))
+        conv.send_text("What is the capital of France?")
+        await conv.wait_turns(1, 60)
+        first = completed(conv.result)[0]
+        conv.send(pb.ConverseRequest(feedback=pb.Feedback(turn_id=first.turn_id, rating=9)))
+        conv.send(pb.ConverseRequest(feedback=pb.Feedback(turn_id=first.turn_id, rating=2, regenerate=True)))
+        await conv.wait_turns(2, 60)
+        conv.send(pb.ConverseRequest(text=pb.TextInput(text="Tell me a long story about the sea.")))
+        deadline = time.monotonic() + 60
+        while len(conv.result.turns) < 3 or not conv.result.turns[2].audio:
+            assert time.monotonic() < deadline, "no audio for the third turn"
+            await asyncio.sleep(0.05)
+        conv.send(pb.ConverseRequest(interrupt=pb.Interrupt(played_ms=500)))
+        await conv.wait_turns(3, 60)
+        result = await conv.finish()
+    turns = completed(result)
+    assert turns[1].user_text == first.user_text  # the regenerated answer is for the same question
+    assert any(e.code == "INVALID_ARGUMENT" and "rating=9" in e.message for e in result.errors)
+    assert turns[2].outcome == pb.TURN_OUTCOME_INTERRUPTED
