@@ -7,7 +7,19 @@ from collections.abc import Iterator
 import pytest
 from otlp_receiver import OtlpReceiver
 
+from services.llm.tritonserver import TritonHandle, start_triton
 from stepaudio.stack import Stack
+
+
+@pytest.fixture(scope="session")
+def triton() -> Iterator[TritonHandle]:
+    """A real tritonserver (the nvidia-pytriton wheel's binary) serving models/triton/embedded_llm."""
+    try:
+        handle = start_triton(models=["embedded_llm"], ready_timeout=240)
+    except Exception as e:  # noqa: BLE001
+        pytest.fail(f"tritonserver did not start: {e}")
+    with handle:
+        yield handle
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ Sampling: Euler, 10 steps, cosine time schedule ``t = 1 - cos(pi/2 * s)``, class
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,16 +136,16 @@ class RelPositionMultiHeadedAttention(nn.Module):
 
 
 class PositionwiseFeedForward(nn.Module):
-    """w_2(act(w_1(x)))."""
+    """w_2(act(w_1(x))): SiLU ("swish") in the CosyVoice Conformer, ReLU in the Paraformer SANM encoder."""
 
-    def __init__(self, d: int, hidden: int) -> None:
+    def __init__(self, d: int, hidden: int, activation: Callable[[torch.Tensor], torch.Tensor] = F.silu) -> None:
         super().__init__()
         self.w_1 = nn.Linear(d, hidden)
         self.w_2 = nn.Linear(hidden, d)
+        self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """SiLU ("swish") activation, as in the CosyVoice Conformer default."""
-        return self.w_2(F.silu(self.w_1(x)))
+        return self.w_2(self.activation(self.w_1(x)))
 
 
 class ConformerEncoderLayer(nn.Module):

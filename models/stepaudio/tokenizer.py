@@ -29,6 +29,7 @@ from torch import nn
 
 from models.stepaudio import audio_tokens as at
 from models.stepaudio.audio import kaldi_fbank, peak_normalize, resample, whisper_log_mel
+from models.stepaudio.flow import PositionwiseFeedForward
 
 SAMPLE_RATE = 16000
 LFR_FRAME_SAMPLES = 960  # 6 fbank frames x 10 ms
@@ -113,19 +114,6 @@ class MultiHeadedAttentionSANM(nn.Module):
         return self.linear_out(att) + fsmn
 
 
-class PositionwiseFeedForward(nn.Module):
-    """w_2(relu(w_1(x)))."""
-
-    def __init__(self, d: int, hidden: int) -> None:
-        super().__init__()
-        self.w_1 = nn.Linear(d, hidden)
-        self.w_2 = nn.Linear(hidden, d)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply."""
-        return self.w_2(torch.relu(self.w_1(x)))
-
-
 class EncoderLayerSANM(nn.Module):
     """Pre-norm SANM layer; no attention residual when in_size != size (first layer)."""
 
@@ -133,7 +121,7 @@ class EncoderLayerSANM(nn.Module):
         super().__init__()
         self.in_size, self.size = in_size, size
         self.self_attn = MultiHeadedAttentionSANM(cfg.attention_heads, in_size, size, cfg.kernel_size, cfg.sanm_shfit)
-        self.feed_forward = PositionwiseFeedForward(size, cfg.linear_units)
+        self.feed_forward = PositionwiseFeedForward(size, cfg.linear_units, torch.relu)
         self.norm1 = LayerNorm(in_size)
         self.norm2 = LayerNorm(size)
 

@@ -73,7 +73,7 @@ async def test_unknown_model_is_not_found(llm: llm_pb2_grpc.LlmServiceStub) -> N
     assert info.value.code() == grpc.StatusCode.NOT_FOUND, info.value.details()
 
 
-async def test_client_cancel_cancels_triton_request(llm: llm_pb2_grpc.LlmServiceStub, triton_llm: TritonHandle) -> None:
+async def test_client_cancel_cancels_triton_request(llm: llm_pb2_grpc.LlmServiceStub, triton: TritonHandle) -> None:
     call = llm.Generate(user("Write a very long story about a dragon.", max_tokens=1500, session_id="cancelme"))
     n = 0
     async for _ev in call:
@@ -82,10 +82,10 @@ async def test_client_cancel_cancels_triton_request(llm: llm_pb2_grpc.LlmService
             call.cancel()
             break
     for _ in range(100):
-        if "request 'cancelme-" in triton_llm.log_tail(400):
+        if "request 'cancelme-" in triton.log_tail(400):
             break
         await asyncio.sleep(0.1)
-    line = next(ln for ln in triton_llm.log_tail(400).splitlines() if "request 'cancelme-" in ln)
+    line = next(ln for ln in triton.log_tail(400).splitlines() if "request 'cancelme-" in ln)
     assert int(line.split("cancelled after ")[1].split()[0]) < 100, line
 
 
@@ -186,9 +186,9 @@ async def test_triton_down_unavailable_then_recovers(tmp_path) -> None:
         await stop_llm(server, channel)
 
 
-async def test_failover_to_second_endpoint(triton_llm: TritonHandle) -> None:
+async def test_failover_to_second_endpoint(triton: TritonHandle) -> None:
     dead = f"127.0.0.1:{free_port()}"
-    server, channel, stub = await start_llm(f"{dead},{triton_llm.grpc_url}")
+    server, channel, stub = await start_llm(f"{dead},{triton.grpc_url}")
     try:
         for _ in range(4):  # round robin starts on the dead one every other request: all must succeed
             events = await collect(stub, user("hi", max_tokens=3), timeout=30)
