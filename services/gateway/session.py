@@ -225,6 +225,7 @@ class Session:
         self.asr: AsrStream | None = None
         self.utt_start_ms = 0.0
         self.pause_at_ms = -1.0
+        self.last_voice_ms = -1.0  # end of the last frame at or above the start threshold (speech or not yet)
         self.barge: tuple[Reply, float] | None = None  # reply paused by a possible interruption, speech start ms
         self.tentative: tuple[Reply, float] | None = None  # reply paused on a single speech frame, frame offset
         self.last_turn_user_text = ""
@@ -430,7 +431,10 @@ class Session:
                 self.barge = None
                 _interruptions.add(1, {"kind": "true"})
                 self.interrupt_replies(None, "barge-in", at_ms=start)
-        if self.state == State.USER_PAUSED and processed_ms >= self.pause_at_ms + self.params.endpoint_ms:
+        # The endpoint needs endpoint_ms of silence since the pause AND since the last voiced frame: a resumption
+        # that VAD has not confirmed yet (min_speech_ms) must not end the turn under the user.
+        quiet_since = max(self.pause_at_ms, self.last_voice_ms)
+        if self.state == State.USER_PAUSED and processed_ms >= quiet_since + self.params.endpoint_ms:
             self.endpoint(self.pause_at_ms)
 
     def endpoint(self, speech_end_ms: float, reopen: bool = True) -> None:
@@ -850,10 +854,10 @@ class _Window:
                 if s.window is not self:
                     continue  # a closed window's late results
                 threshold = s.params.start_threshold
-                for fp in resp.probabilities:
-                    if fp.probability >= threshold:
-                        s.on_speech_frame(self.base_ms + fp.audio_offset_ms)
-                        break
+                voiced = [fp.audio_offset_ms for fp in resp.probabilities if fp.probability >= threshold]
+                if voiced:
+                    s.on_speech_frame(self.base_ms + voiced[0])
+                    s.last_voice_ms = self.base_ms + voiced[-1] + 32
                 for ev in resp.events:
                     off = self.base_ms + ev.audio_offset_ms
                     if ev.type == vad_pb2.SPEECH_EVENT_TYPE_STARTED:
