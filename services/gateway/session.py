@@ -229,7 +229,6 @@ class Session:
         self.barge: tuple[Reply, float] | None = None  # reply paused by a possible interruption, speech start ms
         self.tentative: tuple[Reply, float] | None = None  # reply paused on a single speech frame, frame offset
         self.last_turn_user_text = ""
-        self.stats = {"spec_committed": 0, "spec_discarded": 0}
         self.window_discards = 0
         self.window_wasted_ms = 0.0
         self.background: set[asyncio.Task] = set()  # tool calls that survive a barge-in
@@ -505,7 +504,6 @@ class Session:
         reply.discards, reply.wasted_ms = self.window_discards, self.window_wasted_ms
         self.window_discards, self.window_wasted_ms = 0, 0.0
         if reply.speculative:
-            self.stats["spec_committed"] += 1
             _spec.add(1, {"outcome": "committed"})
         self.replies.append(reply)
         for ev in reply.held:
@@ -515,7 +513,6 @@ class Session:
         reply.resume.set()
 
     def discard(self, reply: Reply) -> None:
-        self.stats["spec_discarded"] += 1
         self.window_discards += 1
         self.window_wasted_ms += (time.monotonic() - reply.started_at) * 1000
         _spec.add(1, {"outcome": "discarded"})
