@@ -19,11 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from models.stepaudio import style
 from models.stepaudio.step1 import BOS_ID, BOT_ID, EOT_ID
-from services.kit.errors import StageError
-from services.tts import style
 
-# The tag vocabulary and its parser live in services.tts.style (the one tag parser of the platform); these
+# The tag vocabulary and its parser live in models.stepaudio.style (the one tag parser of the platform); these
 # tuples (same order as the published system prompt lists them) are derived from its tables.
 EMOTION_TAGS = tuple(style.EMOTIONS)
 LANGUAGE_TAGS = tuple(style.LANGUAGES)
@@ -85,19 +84,19 @@ class Instruction:
 
 
 class InstructionError(ValueError):
-    """Unknown or conflicting instruction tags (the message comes from :mod:`services.tts.style`)."""
+    """Unknown or conflicting instruction tags (the message comes from :mod:`models.stepaudio.style`)."""
 
 
 def parse_instructions(text: str) -> Instruction:
-    """Parse chained leading ``(tag)`` / ``（tag）`` blocks with :func:`services.tts.style.split_tags`.
+    """Parse chained leading ``(tag)`` / ``（tag）`` blocks with :func:`models.stepaudio.style.split_tags`.
 
     English aliases (``(happy1)``) map to the canonical Chinese tags. Raises :class:`InstructionError` (a
     ValueError) naming an unknown tag and listing the valid ones, or naming two tags of the same kind.
     """
     try:
         tags, rest = style.split_tags(text)
-    except StageError as e:
-        raise InstructionError(f"unknown or conflicting instruction tags: {e.message}") from e
+    except style.StyleError as e:
+        raise InstructionError(f"unknown or conflicting instruction tags: {e}") from e
     return Instruction(
         tags=tuple(tags.tags),
         text=rest,

@@ -12,11 +12,12 @@ Gateway API (every call returns at once, in microseconds; nothing here blocks th
                       "result": {...}, "latency_ms": 80}], interruption=(1200, "played text"),
                       latencies={"first_audio_ms": 420, "total_ms": 2100}, consent=True,
                       tenant="acme", model_version="...", prompt_version="...")    -> event_id
-    log.feedback(session_id=..., turn_id=..., rating=4, thumbs="up", regenerate=False, comment="",
+    log.feedback(session_id=..., turn_id=..., rating=4, thumbs=logs_pb2.THUMBS_UP, regenerate=False, comment="",
                  alternative_index=0, consent=True)                                  -> event_id
     log.reply_regenerated(session_id=..., turn_id=..., reply_text="...", alternative_index=1,
                           reply_audio=None, consent=True)                            -> event_id
-    log.session_ended(session_id=..., reason="user_hangup", turn_count=3, duration_ms=60000)  -> event_id
+    log.session_ended(session_id=..., reason=logs_pb2.SESSION_END_REASON_USER_HANGUP, turn_count=3,
+                      duration_ms=60000)  -> event_id
     log.emit(event)          # a ready ConversationEvent; event_id/schema_version/emitted_at filled when empty
     log.flush(timeout_s)     # tests/shutdown: wait until spooled (and delivered when Kafka is configured)
     log.close(timeout_s)     # flush what can be flushed in time, stop threads; the spool keeps the rest
@@ -67,19 +68,6 @@ _KIND = {
     PHONE: logs_pb2.REDACTION_KIND_PHONE,
     CARD: logs_pb2.REDACTION_KIND_CARD,
     NO_CONSENT: logs_pb2.REDACTION_KIND_NO_CONSENT,
-}
-_THUMBS = {
-    None: logs_pb2.THUMBS_UNSPECIFIED,
-    "up": logs_pb2.THUMBS_UP,
-    "down": logs_pb2.THUMBS_DOWN,
-    True: logs_pb2.THUMBS_UP,
-    False: logs_pb2.THUMBS_DOWN,
-}
-_REASON = {
-    "user_hangup": logs_pb2.SESSION_END_REASON_USER_HANGUP,
-    "idle_timeout": logs_pb2.SESSION_END_REASON_IDLE_TIMEOUT,
-    "error": logs_pb2.SESSION_END_REASON_ERROR,
-    "server_shutdown": logs_pb2.SESSION_END_REASON_SERVER_SHUTDOWN,
 }
 _HEADERS = [
     ("content-type", b"application/x-protobuf"),
@@ -307,7 +295,7 @@ class ConversationLogger:
         session_id: str,
         turn_id: str,
         rating: int = 0,
-        thumbs: str | bool | None = None,
+        thumbs: int = logs_pb2.THUMBS_UNSPECIFIED,
         regenerate: bool = False,
         comment: str = "",
         alternative_index: int = 0,
@@ -315,7 +303,7 @@ class ConversationLogger:
         tenant: str | None = None,
         occurred_at: datetime | float | None = None,
     ) -> str:
-        """Log feedback on a turn's reply (rating 1-5 or 0, thumbs 'up'/'down', regenerate request)."""
+        """Log feedback on a turn's reply (rating 1-5 or 0, thumbs or THUMBS_UNSPECIFIED, regenerate request)."""
         if not 0 <= rating <= 5:
             raise ValueError("rating must be 0 (none) or 1..5")
 
@@ -323,7 +311,7 @@ class ConversationLogger:
             f = ev.feedback_given
             f.target_turn_id = turn_id
             f.rating = rating
-            f.thumbs = _THUMBS[thumbs]
+            f.thumbs = thumbs  # type: ignore[assignment]
             f.regenerate_requested = regenerate
             f.comment = self._text(ev, comment, consent, personal=True)
             f.target_alternative_index = alternative_index
@@ -373,18 +361,18 @@ class ConversationLogger:
         self,
         *,
         session_id: str,
-        reason: str = "user_hangup",
+        reason: int = logs_pb2.SESSION_END_REASON_USER_HANGUP,
         turn_count: int = 0,
         duration_ms: int = 0,
         consent: bool = False,
         tenant: str | None = None,
         occurred_at: datetime | float | None = None,
     ) -> str:
-        """Log the end of a session (reason: user_hangup, idle_timeout, error, server_shutdown)."""
+        """Log the end of a session (reason: a logs.v1 SessionEndReason)."""
 
         def build(ev: logs_pb2.ConversationEvent) -> None:
             e = ev.session_ended
-            e.reason = _REASON.get(reason, logs_pb2.SESSION_END_REASON_UNSPECIFIED)
+            e.reason = reason  # type: ignore[assignment]
             e.turn_count = turn_count
             e.duration_ms = duration_ms
 

@@ -6,7 +6,7 @@ import structlog
 
 from services.gateway.server import SERVICE_NAME, ConversationServicer
 from services.gateway.settings import GatewaySettings
-from services.gateway.stages import Stages
+from services.gateway.stages import GrpcStages
 from services.gateway.store import create_store
 from services.kit.server import GrpcServer, ServiceSpec, run
 from stepaudio.conversation.v1 import conversation_pb2_grpc
@@ -17,7 +17,7 @@ log = structlog.get_logger("stepaudio.gateway")
 def build(settings: GatewaySettings | None = None) -> GrpcServer:
     """The gateway server, ready to start (warm-up waits for the stages it depends on)."""
     settings = settings or GatewaySettings()
-    stages = Stages(settings)
+    stages = GrpcStages(settings)
     store = create_store(settings.redis_url, settings.session_ttl_s)
     convlog = None
     if settings.conversation_log:

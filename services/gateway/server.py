@@ -1,4 +1,4 @@
-"""gRPC transport for the conversation gateway (controller logic in session.py)."""
+"""gRPC transport for the conversation gateway (controller logic in session.py, turn decisions in turns.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from typing import Any
 import grpc
 import structlog
 
-from services.gateway.session import Session, validate_config
+from services.gateway.config import validate_config
+from services.gateway.history import History
+from services.gateway.session import Session
 from services.gateway.settings import GatewaySettings
 from services.gateway.stages import Stages
 from services.gateway.store import SessionStore, StoredSession
@@ -20,6 +22,8 @@ from services.kit.streams import config_first
 from services.kit.telemetry import meter
 from stepaudio.conversation.v1 import conversation_pb2 as pb
 from stepaudio.conversation.v1 import conversation_pb2_grpc
+from stepaudio.llm.v1 import llm_pb2
+from stepaudio.logs.v1 import logs_pb2
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ConversationService"].full_name
 log = structlog.get_logger("stepaudio.gateway")
@@ -47,8 +51,6 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
     async def prime_llm(self) -> None:
         """Run the default system prompt (with and without the tool list) once, so the LLM's prompt cache holds it
         before the first user arrives (the first turn otherwise pays the whole prefill)."""
-        from stepaudio.llm.v1 import llm_pb2
-
         system = llm_pb2.ChatMessage(role=llm_pb2.ROLE_SYSTEM, content=[llm_pb2.ContentPart(
             text=self.settings.system_prompt)])
         user = llm_pb2.ChatMessage(role=llm_pb2.ROLE_USER, content=[llm_pb2.ContentPart(text="Hello.")])
@@ -59,10 +61,9 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
             request = llm_pb2.GenerateRequest(messages=[system, user], tools=defs,
                                               sampling=llm_pb2.SamplingParams(max_tokens=1, greedy=True))
             try:
-                async for _ in self.stages.llm.Generate(request, timeout=120, wait_for_ready=True):
-                    pass
-            except grpc.aio.AioRpcError as e:
-                log.warning("LLM warm-up failed; the first turn will be slower", code=e.code().name)
+                await self.stages.warm_llm(request, timeout_s=120)
+            except StageError as e:
+                log.warning("LLM warm-up failed; the first turn will be slower", code=e.code.name)
 
     async def drain(self) -> None:
         """Stop taking new sessions; live ones finish within the server's grace period."""
@@ -80,7 +81,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         config, rest = await config_first(request_iterator)
         if not self.stages.voices or not self.stages.tool_specs:
             await self.stages.refresh_catalogs()
-        validate_config(config, self.stages)
+        params = validate_config(config, self.settings, self.stages.tool_specs, self.stages.voices)
         resumed = False
         if config.session_id:
             stored = await self.store.load(config.session_id)
@@ -90,11 +91,12 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
             resumed = True
         else:
             stored = StoredSession(uuid.uuid4().hex)
-        stored.settings = {"voice": config.voice, "style": config.style, "language": config.language}
-        session = Session(stored.session_id, config, stored, self.stages, self.store, self.settings, self.convlog)
+        session = Session(stored.session_id, config, params, History(stored, self.settings.max_stored_messages),
+                          self.stages, self.store, self.settings, self.convlog)
         structlog.contextvars.bind_contextvars(session_id=session.id)
         self.sessions[session.id] = session
         pump = asyncio.create_task(self._pump(session, rest))
+        reason = logs_pb2.SESSION_END_REASON_USER_HANGUP
         try:
             yield pb.ConverseResponse(session_started=pb.SessionStarted(
                 session_id=session.id, resumed=resumed, output_sample_rate_hz=session.out_rate or 22050))
@@ -105,18 +107,16 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
                 yield event
             exc = pump.exception() if pump.done() else None
             if exc is not None:
+                reason = logs_pb2.SESSION_END_REASON_ERROR
                 raise exc
         finally:
+            if self.draining:
+                reason = logs_pb2.SESSION_END_REASON_SERVER_SHUTDOWN
             pump.cancel()
             with contextlib.suppress(BaseException):
                 await pump
-            session.close_window(end_span=True)
-            for task in list(session._reply_tasks):
-                task.cancel()
+            await session.close(reason)
             self.sessions.pop(session.id, None)
-            if self.convlog is not None:
-                self.convlog.session_ended(session_id=session.id, reason="stream closed",
-                                           turn_count=len(session.stored.history) // 2, duration_ms=0)
 
     async def _pump(self, session: Session, rest: AsyncIterator[tuple[str, Any]]) -> None:
         """Feed client messages to the session; at half-close, finish the turn and end the event stream."""

@@ -21,6 +21,8 @@ class GatewaySettings(ServiceSettings):
                                            "in process memory (embedded default).")
     session_ttl_s: int = Field(86400, description="Idle time after which a stored session expires, in seconds.")
     max_history_messages: int = Field(20, description="Most history messages sent to the LLM (oldest dropped).")
+    max_stored_messages: int = Field(200, ge=2, description="Most history messages kept per session in the store "
+                                                            "(oldest dropped).")
     max_sessions: int = Field(200, description="Concurrent sessions this gateway accepts (RESOURCE_EXHAUSTED beyond).")
     system_prompt: str = Field(
         "You are a helpful voice assistant. Reply in English with one short sentence.",
@@ -30,6 +32,7 @@ class GatewaySettings(ServiceSettings):
     greedy: bool = Field(True, description="Greedy LLM decoding (deterministic; best for the small embedded model).")
     temperature: float = Field(0.7, description="LLM sampling temperature when not greedy.")
     repetition_penalty: float = Field(1.0, description="LLM repetition penalty (1.0 = none).")
+    llm_timeout_s: float = Field(60.0, gt=0, description="Deadline of one LLM generation, in seconds.")
     max_tool_rounds: int = Field(3, description="Most LLM -> tool -> LLM rounds in one turn.")
     tool_timeout_s: float = Field(5.0, description="Deadline of one tool call, in seconds.")
     tool_filler: str = Field("One moment.", description="Spoken while a tool runs; empty disables the filler.")
@@ -39,8 +42,9 @@ class GatewaySettings(ServiceSettings):
     endpoint_ms: int = Field(500, description="Default silence that ends the user's turn, in ms.")
     prefix_padding_ms: int = Field(300, description="Default audio kept before speech start for ASR, in ms.")
     min_interruption_ms: int = Field(300, description="Default user speech during a reply that cancels it, in ms.")
-    false_interruption_timeout_s: float = Field(
-        2.0, description="After a too-short interruption, resume the paused reply within this time."
+    noise_hold_ms: int = Field(
+        150, ge=0, le=2000, description="A voiced frame during a reply holds its audio at once; if VAD has not "
+                                        "confirmed speech min_speech_ms plus this later, the reply plays on, in ms."
     )
     speculative: bool = Field(True, description="Default: start replies at the pause, commit at the endpoint.")
     incremental_asr: bool = Field(True, description="Transcribe while the user speaks (partial transcripts).")

@@ -1,26 +1,94 @@
-"""How the gateway reaches the stages: one object holding a client per stage (gRPC in production and tests)."""
+"""How the gateway reaches the stages: one small interface (gRPC in production, in-process fakes in unit tests).
+
+Every method is a stream or a call of one stage. Failures surface as :class:`StageError` with the stage's gRPC
+status and a message that names the stage; closing (or cancelling the consumer of) a stream cancels the call.
+"""
 
 from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
 import grpc
 
 from services.gateway.settings import GatewaySettings
 from services.kit.clients import channel
-from stepaudio.llm.v1 import llm_pb2_grpc
-from stepaudio.tokenizer.v1 import tokenizer_pb2_grpc
+from services.kit.errors import StageError
+from stepaudio.llm.v1 import llm_pb2, llm_pb2_grpc
+from stepaudio.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 from stepaudio.tools.v1 import tools_pb2, tools_pb2_grpc
 from stepaudio.tts.v1 import tts_pb2, tts_pb2_grpc
-from stepaudio.vad.v1 import vad_pb2_grpc
+from stepaudio.vad.v1 import vad_pb2, vad_pb2_grpc
 
 
-class Stages:
-    """gRPC clients of every stage the gateway calls."""
+class Stages(ABC):
+    """The stage calls a conversation makes, plus the tool and voice catalogs (validated against configs)."""
 
-    def __init__(self, settings: GatewaySettings) -> None:
-        self.settings = settings
-        self._channels: list[grpc.aio.Channel] = []
+    def __init__(self) -> None:
         self.tool_specs: dict[str, tools_pb2.Tool] = {}
         self.voices: dict[str, tts_pb2.VoiceInfo] = {}
+
+    @abstractmethod
+    def detect(self, requests: AsyncIterator[vad_pb2.StreamDetectRequest]
+               ) -> AsyncGenerator[vad_pb2.StreamDetectResponse, None]:
+        """VAD over a stream of audio (config first)."""
+
+    @abstractmethod
+    def transcribe(self, requests: AsyncIterator[tokenizer_pb2.TranscribeRequest]
+                   ) -> AsyncGenerator[tokenizer_pb2.TranscribeResponse, None]:
+        """ASR over a stream of audio (config first): partials, then one final."""
+
+    @abstractmethod
+    def generate(self, request: llm_pb2.GenerateRequest, timeout_s: float
+                 ) -> AsyncGenerator[llm_pb2.GenerateResponse, None]:
+        """One LLM generation: text deltas, tool calls, finish."""
+
+    @abstractmethod
+    def synthesize(self, requests: AsyncIterator[tts_pb2.SynthesizeStreamRequest]
+                   ) -> AsyncGenerator[tts_pb2.SynthesizeStreamResponse, None]:
+        """TTS over text as it is generated (config first): one chunk per phrase piece."""
+
+    @abstractmethod
+    async def execute_tool(self, request: tools_pb2.ExecuteToolRequest, timeout_s: float
+                           ) -> tools_pb2.ExecuteToolResponse:
+        """One tool call."""
+
+    @abstractmethod
+    async def refresh_catalogs(self, deadline_s: float = 10.0) -> None:
+        """Fill ``tool_specs`` and ``voices``."""
+
+    async def warm_llm(self, request: llm_pb2.GenerateRequest, timeout_s: float) -> None:
+        """Run one generation to fill the LLM's prompt cache (warm-up; waits for the LLM to be ready)."""
+        async for _ in self.generate(request, timeout_s):
+            pass
+
+    async def close(self) -> None:
+        return None
+
+
+def _stage_error(stage: str, e: grpc.aio.AioRpcError) -> StageError:
+    return StageError(f"{stage}: {e.details() or e.code().name}", e.code())
+
+
+async def _stream(stage: str, call: Any) -> AsyncGenerator[Any, None]:
+    """A gRPC stream as an async iterator: errors as StageError, closing it cancels the call."""
+    try:
+        async for response in call:
+            yield response
+    except grpc.aio.AioRpcError as e:
+        raise _stage_error(stage, e) from None
+    finally:
+        call.cancel()
+
+
+class GrpcStages(Stages):
+    """The stages as gRPC services at the addresses in the gateway settings."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        super().__init__()
+        self.settings = settings
+        self._channels: list[grpc.aio.Channel] = []
 
     def connect(self) -> None:
         """Open the channels; call inside the running event loop (aio channels belong to one loop)."""
@@ -33,19 +101,56 @@ class Stages:
             self._channels.append(c)
             return c
 
-        self.vad = vad_pb2_grpc.VadServiceStub(ch(self.settings.vad_addr))
-        self.tokenizer = tokenizer_pb2_grpc.TokenizerServiceStub(ch(self.settings.tokenizer_addr))
-        self.llm = llm_pb2_grpc.LlmServiceStub(ch(self.settings.llm_addr))
-        self.tools = tools_pb2_grpc.ToolsServiceStub(ch(self.settings.tools_addr))
-        self.tts = tts_pb2_grpc.TtsServiceStub(ch(self.settings.tts_addr))
+        self._vad = vad_pb2_grpc.VadServiceStub(ch(self.settings.vad_addr))
+        self._tokenizer = tokenizer_pb2_grpc.TokenizerServiceStub(ch(self.settings.tokenizer_addr))
+        self._llm = llm_pb2_grpc.LlmServiceStub(ch(self.settings.llm_addr))
+        self._tools = tools_pb2_grpc.ToolsServiceStub(ch(self.settings.tools_addr))
+        self._tts = tts_pb2_grpc.TtsServiceStub(ch(self.settings.tts_addr))
+
+    def detect(self, requests: AsyncIterator[vad_pb2.StreamDetectRequest]
+               ) -> AsyncGenerator[vad_pb2.StreamDetectResponse, None]:
+        self.connect()
+        return _stream("vad", self._vad.StreamDetect(requests))
+
+    def transcribe(self, requests: AsyncIterator[tokenizer_pb2.TranscribeRequest]
+                   ) -> AsyncGenerator[tokenizer_pb2.TranscribeResponse, None]:
+        self.connect()
+        return _stream("asr", self._tokenizer.Transcribe(requests))
+
+    def generate(self, request: llm_pb2.GenerateRequest, timeout_s: float
+                 ) -> AsyncGenerator[llm_pb2.GenerateResponse, None]:
+        self.connect()
+        return _stream("llm", self._llm.Generate(request, timeout=timeout_s))
+
+    def synthesize(self, requests: AsyncIterator[tts_pb2.SynthesizeStreamRequest]
+                   ) -> AsyncGenerator[tts_pb2.SynthesizeStreamResponse, None]:
+        self.connect()
+        return _stream("tts", self._tts.SynthesizeStream(requests))
+
+    async def execute_tool(self, request: tools_pb2.ExecuteToolRequest, timeout_s: float
+                           ) -> tools_pb2.ExecuteToolResponse:
+        self.connect()
+        try:
+            return await self._tools.ExecuteTool(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as e:
+            raise _stage_error("tools", e) from None
 
     async def refresh_catalogs(self, deadline_s: float = 10.0) -> None:
-        """Cache the tool and voice catalogs (validated against session configs)."""
         self.connect()
-        tools = await self.tools.ListTools(tools_pb2.ListToolsRequest(), timeout=deadline_s, wait_for_ready=True)
+        try:
+            tools = await self._tools.ListTools(tools_pb2.ListToolsRequest(), timeout=deadline_s,
+                                                wait_for_ready=True)
+            voices = await self._tts.ListVoices(tts_pb2.ListVoicesRequest(), timeout=deadline_s,
+                                                wait_for_ready=True)
+        except grpc.aio.AioRpcError as e:
+            raise _stage_error("catalogs (tools, tts)", e) from None
         self.tool_specs = {t.name: t for t in tools.tools}
-        voices = await self.tts.ListVoices(tts_pb2.ListVoicesRequest(), timeout=deadline_s, wait_for_ready=True)
         self.voices = {v.name: v for v in voices.voices}
+
+    async def warm_llm(self, request: llm_pb2.GenerateRequest, timeout_s: float) -> None:
+        self.connect()
+        async for _ in _stream("llm", self._llm.Generate(request, timeout=timeout_s, wait_for_ready=True)):
+            pass
 
     async def close(self) -> None:
         for c in self._channels:

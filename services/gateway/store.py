@@ -1,4 +1,4 @@
-"""Session store: history as text plus settings, behind one interface (memory or Redis)."""
+"""Session store: the text history of a session, behind one interface (memory or Redis)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,14 @@ import json
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 
 @dataclass
 class StoredSession:
-    """What survives a gateway restart: the text history and the session settings."""
+    """What survives a gateway restart: the text history (a resuming client sends its config again)."""
 
     session_id: str
     history: list[dict[str, str]] = field(default_factory=list)
-    settings: dict[str, Any] = field(default_factory=dict)
     updated_at: float = field(default_factory=time.time)
 
     def to_json(self) -> str:
@@ -23,7 +21,9 @@ class StoredSession:
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> StoredSession:
-        return cls(**json.loads(raw))
+        data = json.loads(raw)
+        return cls(session_id=data["session_id"], history=data.get("history", []),
+                   updated_at=data.get("updated_at", time.time()))
 
 
 class SessionStore(ABC):

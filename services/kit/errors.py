@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import grpc
 
 
@@ -51,3 +54,12 @@ class DeadlineExceeded(StageError):
     """The work did not finish in time."""
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+@contextlib.contextmanager
+def invalid_argument_on(errors: tuple[type[Exception], ...] = (ValueError,)) -> Iterator[None]:
+    """Turn a model layer's ValueError (or the given types) into INVALID_ARGUMENT with the same message."""
+    try:
+        yield
+    except errors as e:
+        raise InvalidArgument(str(e)) from None

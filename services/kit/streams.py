@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 from services.kit.errors import InvalidArgument
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 async def config_first(
@@ -34,3 +38,11 @@ async def config_first(
             yield k, getattr(msg, k)
 
     return getattr(first, config_field), rest()
+
+
+async def queue_stream(first: R, queue: asyncio.Queue[T | None], wrap: Callable[[T], R]) -> AsyncIterator[R]:
+    """A request stream fed from code: ``first`` (the config), then ``wrap(item)`` per queued item; a queued None
+    half-closes the stream."""
+    yield first
+    while (item := await queue.get()) is not None:
+        yield wrap(item)

@@ -11,13 +11,13 @@ from collections.abc import AsyncGenerator, AsyncIterator
 import grpc
 import numpy as np
 
+from models.stepaudio.style import parse_style, split_tags
 from services.kit.audio import check_format, float_to_pcm16, resample
-from services.kit.errors import InvalidArgument, NotFound
+from services.kit.errors import InvalidArgument, NotFound, invalid_argument_on
 from services.kit.streams import config_first
 from services.tts.backends import Synthesis, TtsBackend
 from services.tts.chunker import PhraseChunker, split_phrases
 from services.tts.settings import TtsSettings
-from services.tts.style import parse_style, split_tags
 from stepaudio.common.v1 import audio_pb2, tokens_pb2
 from stepaudio.tts.v1 import tts_pb2, tts_pb2_grpc
 
@@ -63,7 +63,8 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
         voice = config.voice or self.settings.default_voice
         if voice not in self._voice_names:
             raise NotFound(f"unknown voice {voice!r}; available voices: {', '.join(sorted(self._voice_names))}")
-        parse_style(config.style)
+        with invalid_argument_on():
+            parse_style(config.style)
         if config.output_kind and config.output_kind not in self.backend.output_kinds:
             kinds = ", ".join(tts_pb2.OutputKind.Name(k) for k in self.backend.output_kinds)
             raise InvalidArgument(f"output_kind {tts_pb2.OutputKind.Name(config.output_kind)} not served by the "
@@ -78,7 +79,8 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
         The backend iterator runs in its own thread and hands pieces to the event loop; when the consumer stops
         (client cancel, error), the thread is told through ``cancel`` and closes the iterator itself.
         """
-        tags, body = split_tags(text)
+        with invalid_argument_on():
+            tags, body = split_tags(text)
         style = config.style + tags.prefix()
         if not body.strip():
             yield Synthesis(audio=np.zeros(0, np.float32))

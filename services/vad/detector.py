@@ -14,6 +14,7 @@ import numpy as np
 from services.kit.audio import StreamResampler
 from services.kit.errors import InvalidArgument
 from services.vad.backends.base import VadBackend
+from services.vad.hysteresis import Hysteresis
 
 
 @dataclass
@@ -26,12 +27,10 @@ class DetectorConfig:
     min_silence_ms: int = 200
 
     def validate(self) -> DetectorConfig:
-        if not 0.0 < self.start_threshold <= 1.0:
-            raise InvalidArgument(f"start_threshold={self.start_threshold} must be in (0, 1]")
-        if not 0.0 < self.stop_threshold <= self.start_threshold:
-            raise InvalidArgument(
-                f"stop_threshold={self.stop_threshold} must be in (0, start_threshold={self.start_threshold}]"
-            )
+        try:
+            Hysteresis.resolve(self.start_threshold, self.stop_threshold)
+        except ValueError as e:
+            raise InvalidArgument(str(e)) from None
         if self.min_speech_ms < 0 or self.min_silence_ms < 0:
             raise InvalidArgument("min_speech_ms and min_silence_ms must not be negative")
         return self

@@ -12,6 +12,7 @@ from services.kit.errors import InvalidArgument
 from services.kit.streams import config_first
 from services.vad.backends import VadBackend
 from services.vad.detector import DetectorConfig, SpeechDetector
+from services.vad.hysteresis import Hysteresis
 from services.vad.settings import VadSettings
 from stepaudio.vad.v1 import vad_pb2, vad_pb2_grpc
 
@@ -30,13 +31,16 @@ class VadServicer(vad_pb2_grpc.VadServiceServicer):
     ) -> AsyncIterator[vad_pb2.StreamDetectResponse]:
         config, rest = await config_first(request_iterator)
         rate = check_format(config.format.sample_rate_hz, config.format.encoding, config.format.channels)
-        start = config.start_threshold or self.settings.start_threshold
+        try:
+            h = Hysteresis.resolve(config.start_threshold, config.stop_threshold, self.settings.start_threshold)
+        except ValueError as e:
+            raise InvalidArgument(str(e)) from None
         detector = SpeechDetector(
             self.backend,
             rate,
             DetectorConfig(
-                start_threshold=start,
-                stop_threshold=config.stop_threshold or max(start - 0.15, 0.01),
+                start_threshold=h.start,
+                stop_threshold=h.stop,
                 min_speech_ms=config.min_speech_ms or self.settings.min_speech_ms,
                 min_silence_ms=config.min_silence_ms or self.settings.min_silence_ms,
             ),
@@ -53,7 +57,8 @@ class VadServicer(vad_pb2_grpc.VadServiceServicer):
     def _response(
         detector: SpeechDetector, events: list, probs: list[tuple[int, float]], send_probs: bool
     ) -> vad_pb2.StreamDetectResponse:
-        resp = vad_pb2.StreamDetectResponse(audio_processed_ms=detector.processed_ms)
+        resp = vad_pb2.StreamDetectResponse(audio_processed_ms=detector.processed_ms,
+                                            frame_duration_ms=detector.frame_ms)
         for ev in events:
             resp.events.add(
                 type=vad_pb2.SPEECH_EVENT_TYPE_STARTED if ev.started else vad_pb2.SPEECH_EVENT_TYPE_STOPPED,

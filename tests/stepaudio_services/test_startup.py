@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from models.stepaudio.cosyvoice import cosy_dirs
 from services.tts.backends.stepaudio import ByteEncoder, speed_tag
-from services.vocoder.backends.hift import cosy_dirs
 
 
 def test_tokenizer_start_names_missing_file(broken_root: Path) -> None:

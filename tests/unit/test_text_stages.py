@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from models.stepaudio.style import parse_style, split_tags
 from services.kit.errors import DeadlineExceeded, InvalidArgument, NotFound
 from services.tools.registry import default_registry
 from services.tts.chunker import PhraseChunker, split_phrases
-from services.tts.style import parse_style, split_tags
 
 
 def test_chunker_cuts_sentences_and_long_clauses() -> None:
@@ -43,7 +43,7 @@ def test_style_tags_ascii_fullwidth_and_chained() -> None:
 
 @pytest.mark.parametrize("bad", ["(grumpy)", "(happy1)(angry1)", "happy1"])
 def test_style_rejects_bad_tags(bad: str) -> None:
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(ValueError):
         parse_style(bad)
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.kit.errors import InvalidArgument, NotFound
+from models.stepaudio.style import parse_style
+from services.kit.errors import InvalidArgument, NotFound, invalid_argument_on
 from services.tts.backends.base import Synthesis, TtsBackend, VoiceSpec
 from services.tts.settings import TtsSettings
-from services.tts.style import parse_style
 
 
 class PiperTts(TtsBackend):
@@ -41,7 +41,8 @@ class PiperTts(TtsBackend):
             raise NotFound(f"unknown voice {name!r}; available voices: {', '.join(sorted(self._voices))}")
         if output_kind not in (0, 1):
             raise InvalidArgument("the embedded profile (Piper) only produces audio: use OUTPUT_KIND_AUDIO")
-        tags = parse_style(style)
+        with invalid_argument_on():
+            tags = parse_style(style)
         rate = speed or 1.0
         rate *= tags.speed_factor
         if not 0.25 <= rate <= 4.0:

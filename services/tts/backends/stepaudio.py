@@ -5,7 +5,7 @@ child; the Step-Audio-Tokenizer is read from the root when voices have to be reg
 manifest lists for the tts service, plus flow.pt/hift.pt of both CosyVoice sets, is checked at start.
 
 Output kinds: AUDIO_TOKENS (X = id - 65536, 0..5119), MEL ([frames, 80] log-mel, 22,050 Hz, hop 256) and AUDIO
-(HiFT in process, 22,050 Hz). Style tags are parsed by :mod:`services.tts.style`; RAP/哼唱 switch the system
+(HiFT in process, 22,050 Hz). Style tags are parsed by :mod:`models.stepaudio.style`; RAP/哼唱 switch the system
 prompt, the voice to ``{voice}RAP`` / ``{voice}哼唱`` and the flow/HiFT weights to CosyVoice-300M-25Hz-Music.
 
 Voices: ``<voices_dir>/<name>.npz`` (see :class:`models.stepaudio.voices.VoiceRegistry`). A ``<name>.wav`` with
@@ -35,11 +35,8 @@ import numpy as np
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.kit.errors import InvalidArgument, NotFound
-from services.tts.backends.base import Synthesis, TtsBackend, VoiceSpec
-from services.tts.settings import TtsSettings
-from services.tts.style import SPEEDS, parse_style, split_tags
-from services.vocoder.backends.hift import (
+from models.stepaudio.audio_tokens import AUDIO_VOCAB_OFFSET
+from models.stepaudio.cosyvoice import (
     TTS_DIR,
     cosy_dirs,
     fail_if_missing,
@@ -48,8 +45,11 @@ from services.vocoder.backends.hift import (
     missing_files,
     resolve_device,
 )
+from models.stepaudio.style import SPEEDS, parse_style, split_tags
+from services.kit.errors import InvalidArgument, NotFound, invalid_argument_on
+from services.tts.backends.base import Synthesis, TtsBackend, VoiceSpec
+from services.tts.settings import TtsSettings
 
-AUDIO_VOCAB_BASE = 65536
 AUDIO_VOCAB_SIZE = 5120
 KIND_AUDIO, KIND_AUDIO_TOKENS, KIND_MEL = 1, 2, 3
 ENV = "STEPAUDIO_TTS_MODEL_DIR"
@@ -84,8 +84,8 @@ class ByteEncoder:
     """UTF-8 bytes + ``offset``: the documented text encoder of tiny test checkpoints."""
 
     def __init__(self, offset: int) -> None:
-        if not 5 <= offset <= AUDIO_VOCAB_BASE - 256:
-            raise ValueError(f"byte encoder offset {offset} must be in 5..{AUDIO_VOCAB_BASE - 256}")
+        if not 5 <= offset <= AUDIO_VOCAB_OFFSET - 256:
+            raise ValueError(f"byte encoder offset {offset} must be in 5..{AUDIO_VOCAB_OFFSET - 256}")
         self.offset = offset
 
     def encode(self, text: str) -> list[int]:
@@ -187,10 +187,10 @@ class StepAudioTts(TtsBackend):
                 "(registered at start), or <name>.npz voice files"
             )
         vocab = self.lm.config.vocab_size
-        if vocab < AUDIO_VOCAB_BASE + AUDIO_VOCAB_SIZE:
+        if vocab < AUDIO_VOCAB_OFFSET + AUDIO_VOCAB_SIZE:
             raise ValueError(f"{self.tts_dir}/config.json vocab_size={vocab} has no audio ids (65536..70655)")
         mask = torch.full((vocab,), float("-inf"))
-        mask[AUDIO_VOCAB_BASE : AUDIO_VOCAB_BASE + AUDIO_VOCAB_SIZE] = 0.0
+        mask[AUDIO_VOCAB_OFFSET : AUDIO_VOCAB_OFFSET + AUDIO_VOCAB_SIZE] = 0.0
         mask[3] = 0.0  # EOT ends the utterance
         self._mask = mask.to(self.device)
         if self.opts.stream_overlap_tokens >= self.opts.stream_chunk_tokens:
@@ -234,8 +234,9 @@ class StepAudioTts(TtsBackend):
         speed = speed or 1.0
         if not 0.25 <= speed <= 4.0:
             raise InvalidArgument(f"speed {speed:.2f} out of range: use 0.25 to 4.0")
-        inline, body = split_tags(text)
-        tags = parse_style((style or "") + inline.prefix())  # one place for unknown/conflicting tags
+        with invalid_argument_on():
+            inline, body = split_tags(text)
+            tags = parse_style((style or "") + inline.prefix())  # one place for unknown/conflicting tags
         prefix = tags.prefix()
         if not tags.speed and (t := speed_tag(speed)):
             prefix += f"({t})"  # the model's own speed control (the reference used sox tempo afterwards)
@@ -270,7 +271,7 @@ class StepAudioTts(TtsBackend):
     def synthesize(self, text: str, voice: str, style: str, speed: float, output_kind: int) -> Synthesis:
         kind, plan, seed = self._prepare(text, voice, style, speed, output_kind)
         with self._lock:
-            xs = [i - AUDIO_VOCAB_BASE for i in self._tokens(plan, seed)]
+            xs = [i - AUDIO_VOCAB_OFFSET for i in self._tokens(plan, seed)]
             if kind == KIND_AUDIO_TOKENS:
                 return Synthesis(audio_tokens=xs)
             engine = self.engines[plan.flow_set]
@@ -319,7 +320,7 @@ class StepAudioTts(TtsBackend):
                             stats.cancelled = True
                             return
                         stats.tokens += 1
-                        run.append(tok - AUDIO_VOCAB_BASE)
+                        run.append(tok - AUDIO_VOCAB_OFFSET)
                         if len(run) >= chunk:
                             yield piece(Synthesis(audio_tokens=run))
                             run = []
@@ -356,7 +357,7 @@ class StepAudioTts(TtsBackend):
                         stats.cancelled = True
                         return
                     stats.tokens += 1
-                    for syn in push(tok - AUDIO_VOCAB_BASE):
+                    for syn in push(tok - AUDIO_VOCAB_OFFSET):
                         yield piece(syn)
                 if cancel is not None and cancel.is_set():
                     stats.cancelled = True

@@ -2,15 +2,14 @@
 
 Tags sit in parentheses (ASCII or full-width), possibly chained, before the text or in the ``style`` field. The
 canonical form is the Chinese tag the model was trained with; English aliases map onto it. Unknown tags are
-INVALID_ARGUMENT with the list of valid ones. Torch-free: every profile uses this one parser.
+a :class:`StyleError` (a ValueError; services answer INVALID_ARGUMENT) with the list of valid ones. Torch-free:
+every profile uses this one parser.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-
-from services.kit.errors import InvalidArgument
 
 EMOTIONS = {"高兴1": "happy1", "高兴2": "happy2", "生气1": "angry1", "生气2": "angry2", "悲伤1": "sad1",
             "撒娇1": "coquettish1"}
@@ -28,6 +27,10 @@ for _zh, (_en, _f) in SPEEDS.items():
     _ALIASES[_zh] = _zh
     _ALIASES[_en] = _zh
 _ALIASES["cantonese2"] = "广东话"
+
+class StyleError(ValueError):
+    """An unknown, conflicting or unparsable style tag; the message says what to fix."""
+
 
 _TAG = re.compile(r"^\s*[(（]([^()（）]*)[)）]")
 
@@ -63,11 +66,11 @@ def split_tags(text: str) -> tuple[StyleTags, str]:
         raw = m.group(1).strip()
         canon = _ALIASES.get(raw) or _ALIASES.get(raw.lower())
         if canon is None:
-            raise InvalidArgument(f"unknown style tag ({raw}); valid tags: {', '.join(valid_tags())}")
+            raise StyleError(f"unknown style tag ({raw}); valid tags: {', '.join(valid_tags())}")
         slot = ("emotion" if canon in EMOTIONS else "language" if canon in LANGUAGES else
                 "speed" if canon in SPEEDS else "music")
         if getattr(tags, slot):
-            raise InvalidArgument(f"two {slot} tags ({getattr(tags, slot)}) and ({canon}): keep one")
+            raise StyleError(f"two {slot} tags ({getattr(tags, slot)}) and ({canon}): keep one")
         setattr(tags, slot, canon)
         tags.tags.append(canon)
         rest = rest[m.end():]
@@ -78,5 +81,5 @@ def parse_style(style: str) -> StyleTags:
     """Parse a ``style`` field that holds only tags."""
     tags, rest = split_tags(style or "")
     if rest.strip():
-        raise InvalidArgument(f"style must be parenthesised tags like (happy1)(fast1); cannot parse {rest!r}")
+        raise StyleError(f"style must be parenthesised tags like (happy1)(fast1); cannot parse {rest!r}")
     return tags

@@ -1,0 +1,270 @@
+"""The whole gateway controller in one process: fake stages, virtual time, no sockets, no sleeps.
+
+Each test drives ``ConversationServicer.Converse`` as a client would (audio at real-time pace, text, feedback) on
+a virtual-time loop, and reads the events with the loop time at which they left the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import numpy as np
+from gateway_fakes import RATE, FakeConvlog, FakeStages, LlmScript, run_virtual, silence, tone
+
+from services.gateway.server import ConversationServicer
+from services.gateway.settings import GatewaySettings
+from services.gateway.store import MemoryStore
+from services.kit.audio import float_to_pcm16
+from services.kit.errors import StageError
+from stepaudio.common.v1 import audio_pb2
+from stepaudio.conversation.v1 import conversation_pb2 as pb
+from stepaudio.logs.v1 import logs_pb2
+
+SETTINGS = dict(log_json=False, conversation_log=False, first_phrase_words=5, output_lead_ms=150)
+
+
+class Client:
+    """One Converse stream against an in-process servicer; events are (loop time, event)."""
+
+    def __init__(self, servicer: ConversationServicer, **config: object) -> None:
+        cfg = pb.SessionConfig(input_format=audio_pb2.AudioFormat(sample_rate_hz=RATE), **config)  # type: ignore[arg-type]
+        self.queue: asyncio.Queue[pb.ConverseRequest | None] = asyncio.Queue()
+        self.queue.put_nowait(pb.ConverseRequest(config=cfg))
+        self.events: list[tuple[float, pb.ConverseResponse]] = []
+        self.changed = asyncio.Condition()
+        self.task = asyncio.create_task(self._read(servicer))
+
+    async def _requests(self) -> AsyncIterator[pb.ConverseRequest]:
+        while (m := await self.queue.get()) is not None:
+            yield m
+
+    async def _read(self, servicer: ConversationServicer) -> None:
+        loop = asyncio.get_running_loop()
+        async for ev in servicer.Converse(self._requests(), None):  # type: ignore[arg-type]
+            self.events.append((loop.time(), ev))
+            async with self.changed:
+                self.changed.notify_all()
+
+    async def speak(self, audio: np.ndarray, chunk_ms: int = 20) -> None:
+        pcm = float_to_pcm16(audio)
+        step = RATE * chunk_ms // 1000 * 2
+        for off in range(0, len(pcm), step):
+            self.queue.put_nowait(pb.ConverseRequest(audio=audio_pb2.AudioChunk(data=pcm[off:off + step])))
+            await asyncio.sleep(chunk_ms / 1000)
+
+    def send(self, **payload: object) -> None:
+        self.queue.put_nowait(pb.ConverseRequest(**payload))  # type: ignore[arg-type]
+
+    def of(self, kind: str) -> list:
+        return [getattr(e, kind) for _, e in self.events if e.WhichOneof("event") == kind]
+
+    def times(self, kind: str) -> list[float]:
+        return [t for t, e in self.events if e.WhichOneof("event") == kind]
+
+    async def until(self, done: Callable[[], bool], timeout_s: float = 60) -> None:
+        async def wait() -> None:
+            async with self.changed:
+                await self.changed.wait_for(done)
+
+        await asyncio.wait_for(wait(), timeout_s)
+
+    async def wait_turns(self, n: int) -> None:
+        await self.until(lambda: len(self.of("turn_completed")) >= n)
+
+    async def wait_audio(self) -> None:
+        await self.until(lambda: bool(self.of("audio_out")))
+
+    async def close(self) -> None:
+        self.queue.put_nowait(None)
+        await asyncio.wait_for(self.task, 60)
+
+
+def gateway(stages: FakeStages, convlog: object = None, **overrides: object) -> ConversationServicer:
+    settings = GatewaySettings(**{**SETTINGS, **overrides})  # type: ignore[arg-type]
+    return ConversationServicer(stages, MemoryStore(), settings, convlog)
+
+
+def test_spoken_turn_speculates_at_the_pause_and_paces_the_audio() -> None:
+    stages = FakeStages()
+
+    async def main() -> Client:
+        c = Client(gateway(stages))
+        await c.speak(np.concatenate([silence(500), tone(1000), silence(1500)]))
+        await c.wait_turns(1)
+        await c.close()
+        return c
+
+    c = run_virtual(main)
+    [done] = c.of("turn_completed")
+    assert done.outcome == pb.TURN_OUTCOME_COMPLETED and done.speculative and done.speculative_discards == 0
+    assert done.user_text == "heard 1000 ms"
+    assert done.reply_text == "The capital of France is Paris."
+    timings = {t.name: round(t.duration_ms, 3) for t in done.timings}
+    # Speech ends at 1.5 s; the endpoint (500 ms of silence) comes on the VAD's next frame; the speculative reply
+    # started at the pause (200 ms), so its audio is ready when the endpoint commits it.
+    assert 500 <= timings["endpoint"] <= 540, timings
+    assert timings["time_to_first_audio"] == timings["endpoint"], timings
+    [stopped] = c.of("speech_stopped")
+    assert 1500 <= stopped.audio_offset_ms <= 1500 + 32  # the first silent 32 ms VAD frame
+    # Real-time pace: audio never runs more than output_lead_ms ahead of playback.
+    audio_t = c.times("audio_out")
+    offsets = [a.audio.offset_ms for a in c.of("audio_out")]
+    for t, off in zip(audio_t, offsets, strict=True):
+        assert off / 1000 - (t - audio_t[0]) <= 0.15 + 1e-6
+    assert sum(len(a.audio.data) for a in c.of("audio_out")) == (5 * 22050 // 4 + 22050 // 4) * 2  # all of it
+    # The eager first phrase: five words, then the rest at the sentence end.
+    assert stages.tts_texts == ["The capital of France is", "Paris."]
+
+
+def test_pause_then_resume_discards_the_speculation_and_hears_the_whole_utterance() -> None:
+    stages = FakeStages()
+
+    async def main() -> Client:
+        c = Client(gateway(stages), turn_detection=pb.TurnDetection(pause_ms=150, endpoint_ms=800, speculative=True))
+        await c.speak(np.concatenate([silence(300), tone(600), silence(400), tone(600), silence(1500)]))
+        await c.wait_turns(1)
+        await c.close()
+        return c
+
+    c = run_virtual(main)
+    [done] = c.of("turn_completed")
+    assert done.speculative_discards == 1 and done.wasted_ms > 0
+    assert done.user_text == "heard 1200 ms"  # both halves
+    assert len(stages.llm_requests) == 2  # the discarded speculation and the committed reply
+    assert [t.text for t in c.of("transcript") if t.is_final] == ["heard 1200 ms"]  # the discarded one never shows
+
+
+def test_barge_in_stops_audio_within_one_piece_and_keeps_the_played_part() -> None:
+    story = " ".join(f"word{i}." for i in range(40))
+    stages = FakeStages(LlmScript(reply=story))
+    history: list = []
+
+    async def main() -> tuple[Client, float]:
+        gw = gateway(stages)
+        c = Client(gw)
+        mic = asyncio.create_task(c.speak(silence(4000)))
+        c.send(text=pb.TextInput(text="Tell me a story."))
+        await c.wait_audio()
+        await mic
+        speech_at = asyncio.get_running_loop().time()
+        await c.speak(np.concatenate([tone(800), silence(1000)]))
+        await c.wait_turns(2)
+        history.extend(next(iter(gw.sessions.values())).history.messages_kept if gw.sessions else [])
+        await c.close()
+        return c, speech_at
+
+    c, speech_at = run_virtual(main)
+    first, second = c.of("turn_completed")
+    assert first.outcome == pb.TURN_OUTCOME_INTERRUPTED
+    last_audio = max(t for t, e in c.events if e.WhichOneof("event") == "audio_out" and e.audio_out.turn_id ==
+                     first.turn_id)
+    # Held at the first voiced frame the VAD scores (32 ms) plus at most one 100 ms piece already queued.
+    assert last_audio - speech_at <= 0.14, last_audio - speech_at
+    played = first.reply_text.split()
+    assert 0 < len(played) < 40 and played == story.split()[: len(played)]
+    assert first.reply_audio_ms >= 1000
+    assert second.user_text == "heard 800 ms"
+    assert history[1] == {"role": "assistant", "text": first.reply_text}
+
+
+def test_a_short_interruption_lets_the_reply_play_on() -> None:
+    reply = " ".join(f"word{i}." for i in range(12))
+    stages = FakeStages(LlmScript(reply=reply))
+
+    async def main() -> Client:
+        c = Client(gateway(stages), turn_detection=pb.TurnDetection(min_interruption_ms=600))
+        mic = asyncio.create_task(c.speak(silence(2000)))
+        c.send(text=pb.TextInput(text="Tell me something."))
+        await c.wait_audio()
+        await mic
+        await c.speak(np.concatenate([tone(250), silence(6000)]))
+        await c.wait_turns(1)
+        await c.close()
+        return c
+
+    c = run_virtual(main)
+    [done] = c.of("turn_completed")
+    assert done.outcome == pb.TURN_OUTCOME_COMPLETED
+    assert done.reply_text == reply
+
+
+def test_slow_tool_keeps_the_filler_playing_and_answers_after() -> None:
+    stages = FakeStages(LlmScript(reply="All done now.", tool="wait", tool_args={"seconds": 2}))
+
+    async def main() -> Client:
+        c = Client(gateway(stages), allowed_tools=["wait"])
+        c.send(text=pb.TextInput(text="Please wait two seconds."))
+        await c.wait_turns(1)
+        await c.close()
+        return c
+
+    c = run_virtual(main)
+    [started_t] = c.times("tool_call_started")
+    [finished_t] = c.times("tool_call_finished")
+    assert finished_t - started_t >= 2.0 - 1e-6
+    during = [e.audio_out for t, e in c.events if e.WhichOneof("event") == "audio_out" and started_t < t < finished_t]
+    assert sum(len(a.audio.data) for a in during) >= 22050  # the filler and the opening words play meanwhile
+    after = " ".join(e.audio_out.text for t, e in c.events if e.WhichOneof("event") == "audio_out" and t > finished_t)
+    assert "All done now." in after
+    assert [r.name for r in stages.tool_calls] == ["wait"]
+    assert c.of("turn_completed")[0].outcome == pb.TURN_OUTCOME_COMPLETED
+
+
+def test_a_failed_stage_ends_the_turn_with_an_error_and_the_session_goes_on() -> None:
+    import grpc
+
+    stages = FakeStages(LlmScript(fail=StageError("llm: model crashed", grpc.StatusCode.UNAVAILABLE)))
+
+    async def main() -> Client:
+        c = Client(gateway(stages))
+        c.send(text=pb.TextInput(text="Hello?"))
+        await c.wait_turns(1)
+        stages.script = LlmScript(reply="Hi there.")
+        c.send(text=pb.TextInput(text="Hello again?"))
+        await c.wait_turns(2)
+        await c.close()
+        return c
+
+    c = run_virtual(main)
+    first, second = c.of("turn_completed")
+    assert first.outcome == pb.TURN_OUTCOME_FAILED
+    assert [(e.code, e.message) for e in c.of("error")] == [("UNAVAILABLE", "turn failed: llm: model crashed")]
+    assert second.outcome == pb.TURN_OUTCOME_COMPLETED and second.reply_text == "Hi there."
+
+
+def test_regenerate_logs_a_second_reply_to_the_same_turn_and_rating_only_feedback() -> None:
+    stages = FakeStages()
+    convlog = FakeConvlog()
+
+    async def main() -> Client:
+        c = Client(gateway(stages, convlog), consent=True)
+        c.send(text=pb.TextInput(text="What is the capital of France?"))
+        await c.wait_turns(1)
+        first = c.of("turn_completed")[0].turn_id
+        c.send(feedback=pb.Feedback(turn_id=first, rating=2, regenerate=True))
+        await c.wait_turns(2)
+        second = c.of("turn_completed")[1].turn_id
+        c.send(feedback=pb.Feedback(turn_id=second, rating=5))
+        c.send(feedback=pb.Feedback(turn_id=second, thumbs=1))
+        c.send(feedback=pb.Feedback(turn_id=first, regenerate=True, thumbs=7))
+        await c.close()
+        return c
+
+    c = run_virtual(main)
+    first, second = c.of("turn_completed")
+    assert second.user_text == first.user_text
+    [turn] = convlog.of("turn_recorded")
+    [regen] = convlog.of("reply_regenerated")
+    assert turn["turn_id"] == first.turn_id
+    assert (regen["turn_id"], regen["alternative_index"]) == (first.turn_id, 1)
+    fb = convlog.of("feedback")
+    assert [(f["turn_id"], f["alternative_index"], f["rating"], f["thumbs"], f["regenerate"]) for f in fb] == [
+        (first.turn_id, 0, 2, logs_pb2.THUMBS_UNSPECIFIED, True),
+        (first.turn_id, 1, 5, logs_pb2.THUMBS_UNSPECIFIED, False),
+        (first.turn_id, 1, 0, logs_pb2.THUMBS_UP, False),
+    ]
+    assert any("thumbs=7" in e.message for e in c.of("error"))
+    [ended] = convlog.of("session_ended")
+    assert ended["reason"] == logs_pb2.SESSION_END_REASON_USER_HANGUP and ended["turn_count"] == 1
+    assert ended["duration_ms"] > 0

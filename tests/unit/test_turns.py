@@ -1,0 +1,90 @@
+"""Table tests of the turn detector: VAD updates in, decisions out (pure; no loop, no clock)."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.gateway.turns import (
+    BargeIn,
+    Endpoint,
+    HoldReply,
+    ResumeReply,
+    State,
+    TurnDetector,
+    TurnParams,
+    UserPaused,
+    UserResumed,
+    UserStarted,
+    VadUpdate,
+)
+from services.vad.hysteresis import Hysteresis
+
+PARAMS = TurnParams(hysteresis=Hysteresis(0.5, 0.35), min_speech_ms=100, pause_ms=200, endpoint_ms=500,
+                    prefix_padding_ms=300, min_interruption_ms=300, noise_hold_ms=150, speculative=True)
+FRAME = 32.0
+
+
+def run(script: list[tuple], playing: bool = False, start: State = State.SILENCE) -> tuple[list, TurnDetector]:
+    """Script rows: ("voice", ms) a voiced frame, ("start", ms) / ("stop", ms) VAD events, ("at", ms) progress."""
+    det = TurnDetector(PARAMS)
+    det.state = start
+    out: list = []
+    for row in script:
+        kind, ms = row
+        if kind == "voice":
+            u = VadUpdate(voiced_ms=[ms], events=[], processed_ms=ms + FRAME, frame_ms=FRAME)
+        elif kind in ("start", "stop"):
+            u = VadUpdate(voiced_ms=[], events=[(kind == "start", ms)], processed_ms=ms, frame_ms=FRAME)
+        else:
+            u = VadUpdate(voiced_ms=[], events=[], processed_ms=ms, frame_ms=FRAME)
+        out += det.on_vad(u, playing)
+    return out, det
+
+
+CASES = {
+    "utterance, then the endpoint after endpoint_ms of silence": (
+        [("start", 500), ("voice", 1400), ("stop", 1500), ("at", 1900), ("at", 2000)], False, State.SILENCE,
+        [UserStarted(500), UserPaused(1500), Endpoint(1500)]),
+    "hesitation: resumed before the endpoint, one endpoint at the end": (
+        [("start", 500), ("stop", 1000), ("at", 1300), ("start", 1350), ("stop", 2000), ("at", 2500)], False,
+        State.SILENCE, [UserStarted(500), UserPaused(1000), UserResumed(1350), UserPaused(2000), Endpoint(2000)]),
+    "a voiced frame VAD has not confirmed delays the endpoint": (
+        [("start", 500), ("stop", 1000), ("voice", 1400), ("at", 1500), ("at", 1900), ("at", 1932)], False,
+        State.SILENCE, [UserStarted(500), UserPaused(1000), Endpoint(1000)]),
+    "barge-in: held at the first frame, cancelled after min_interruption_ms": (
+        [("voice", 100), ("start", 100), ("at", 300), ("at", 400)], True, State.BOT_REPLYING,
+        [HoldReply(100), HoldReply(100), UserStarted(100), BargeIn(100)]),
+    "false interruption: speech shorter than min_interruption_ms plays on": (
+        [("voice", 100), ("start", 100), ("stop", 250), ("at", 300)], True, State.BOT_REPLYING,
+        [HoldReply(100), HoldReply(100), UserStarted(100), ResumeReply("false_interruption")]),
+    "noise: a frame that never becomes speech releases the hold": (
+        [("voice", 100), ("at", 300), ("at", 400)], True, State.BOT_REPLYING,
+        [HoldReply(100), ResumeReply("noise")]),
+    "no reply playing: voiced frames hold nothing": (
+        [("voice", 100), ("at", 400)], False, State.SILENCE, []),
+    "a reply started by text (state SILENCE) is held too": (
+        [("voice", 100)], True, State.SILENCE, [HoldReply(100)]),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_turn_decisions(name: str) -> None:
+    script, playing, start, want = CASES[name]
+    got, _ = run(script, playing, start)
+    assert got == want
+
+
+def test_false_interruption_leaves_the_floor_to_the_bot() -> None:
+    _, det = run([("voice", 100), ("start", 100), ("stop", 250)], True, State.BOT_REPLYING)
+    assert det.state == State.BOT_REPLYING
+    det.replies_done()
+    assert det.state == State.SILENCE
+
+
+def test_end_of_input_ends_the_turn_where_speech_stopped() -> None:
+    _, det = run([("start", 500), ("stop", 1500)])
+    assert det.end_of_input(1600) == [Endpoint(1500)]
+    _, det = run([("start", 500)])
+    assert det.end_of_input(1600) == [Endpoint(1600)]
+    _, det = run([])
+    assert det.end_of_input(1600) == []
