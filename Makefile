@@ -7,9 +7,9 @@ BUF := .cache/npm/node_modules/.bin/buf
 PROTOS := $(shell find protos -name '*.proto')
 STAMP := $(VENV)/.deps-stamp
 
-.PHONY: all venv deps proto lint buf-lint buf-breaking api-baseline test demo up down clean
+.PHONY: all venv deps proto triton-repos lint buf-lint buf-breaking api-baseline test demo up down clean
 
-all: proto
+all: proto triton-repos
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -31,6 +31,14 @@ stepaudio/.proto-stamp: $(PROTOS) $(STAMP)
 
 proto: stepaudio/.proto-stamp
 
+# The Step-Audio Triton repositories (TensorRT-LLM) are generated from models/trtllm/templates, never committed.
+TRTLLM_SOURCES := $(shell find models/trtllm -type f -not -name '*.pyc')
+.cache/triton-repos.stamp: $(TRTLLM_SOURCES) $(VENV)/bin/python
+	$(PY) -m models.trtllm.make_repo --profile chat --profile tts >/dev/null
+	mkdir -p .cache && touch $@
+
+triton-repos: .cache/triton-repos.stamp
+
 $(BUF):
 	mkdir -p .cache/npm && npm install --silent --prefix .cache/npm @bufbuild/buf
 
@@ -45,12 +53,15 @@ buf-breaking: $(BUF)
 api-baseline: $(BUF)
 	cd protos && ../$(BUF) build -o api-baseline.binpb
 
+# Layers run one way (import-linter contracts in pyproject.toml): models/ never imports services/, the kit no stage.
 lint: proto buf-lint
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy services stepaudio
 
-test: proto buf-lint buf-breaking
+test: proto triton-repos buf-lint buf-breaking
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 demo: proto
@@ -63,4 +74,5 @@ down:
 	$(PY) -m stepaudio.cli down
 
 clean:
-	rm -rf stepaudio/*/v1 stepaudio/.proto-stamp .run
+	rm -rf stepaudio/*/v1 stepaudio/.proto-stamp .run models/triton/step_audio_chat models/triton/step_audio_tts \
+		.cache/triton-repos.stamp

@@ -115,7 +115,7 @@ async def main() -> None:
 
     handle = server = None
     if not a.triton_url:
-        from services.llm.tritonserver import start_triton
+        from stepaudio.tritonserver import start_triton
 
         handle = await asyncio.to_thread(start_triton, models=[a.model])
         a.triton_url = handle.grpc_url

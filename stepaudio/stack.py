@@ -113,7 +113,7 @@ class Stack:
         try:
             env = self._env("triton")
             triton = self._spawn("triton", [
-                "-m", "services.llm.tritonserver", "--models", "embedded_llm",
+                "-m", "stepaudio.tritonserver", "--models", "embedded_llm",
                 "--grpc-port", str(self.triton_ports["grpc"]), "--http-port", str(self.triton_ports["http"]),
                 "--metrics-port", str(self.triton_ports["metrics"])], env)
             for name in SERVICES:

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 from otlp_receiver import OtlpReceiver
 
-from services.llm.tritonserver import TritonHandle, start_triton
 from stepaudio.stack import Stack
+from stepaudio.tritonserver import TritonHandle, start_triton
 
 
 @pytest.fixture(scope="session")

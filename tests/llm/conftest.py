@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 import pytest
 from llm_helpers import start_llm, stop_llm
 
-from services.llm.tritonserver import TritonHandle
 from stepaudio.llm.v1 import llm_pb2_grpc
+from stepaudio.tritonserver import TritonHandle
 
 
 @pytest.fixture(scope="session")

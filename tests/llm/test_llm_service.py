@@ -18,8 +18,8 @@ from services.llm.backends import GenerationChunk, LlmBackend
 from services.llm.contract import GenerationParams
 from services.llm.generator import Generator
 from services.llm.settings import LlmSettings
-from services.llm.tritonserver import TritonHandle, free_port, start_triton
 from stepaudio.llm.v1 import llm_pb2, llm_pb2_grpc
+from stepaudio.tritonserver import TritonHandle, free_port, start_triton
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

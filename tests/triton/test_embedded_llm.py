@@ -13,7 +13,7 @@ from triton_helpers import MODEL, chatml, generate, stream
 from tritonclient.utils import InferenceServerException
 
 from services.llm.contract import GenerationParams, build_inputs, scalar_of
-from services.llm.tritonserver import TritonHandle, start_triton
+from stepaudio.tritonserver import TritonHandle, start_triton
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -178,7 +178,7 @@ def test_invalid_config_is_rejected_at_load(tmp_path) -> None:
     import shutil
     from pathlib import Path
 
-    from services.llm.tritonserver import TritonStartError
+    from stepaudio.tritonserver import TritonStartError
 
     src = Path(__file__).resolve().parents[2] / "models" / "triton" / "embedded_llm"
     dest = tmp_path / "repo" / "embedded_llm"

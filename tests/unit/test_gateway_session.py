@@ -268,3 +268,38 @@ def test_regenerate_logs_a_second_reply_to_the_same_turn_and_rating_only_feedbac
     [ended] = convlog.of("session_ended")
     assert ended["reason"] == logs_pb2.SESSION_END_REASON_USER_HANGUP and ended["turn_count"] == 1
     assert ended["duration_ms"] > 0
+
+
+def test_regenerate_from_the_gateway_becomes_a_preference_pair(tmp_path) -> None:
+    """The gateway's own conversation-log events (real logger, spool only) make a pair in the RLHF rules."""
+    from services.convlog import ConversationLogger, ConvlogSettings
+    from services.convlog.producer import read_spooled_events
+    from services.rlhf.rules import build_pairs
+
+    convlog = ConversationLogger(ConvlogSettings(spool_dir=tmp_path / "spool", audio_dir=tmp_path / "audio",
+                                                 bootstrap_servers="")).start()
+    stages = FakeStages(LlmScript(reply="Lyon, I think."))
+
+    async def main() -> Client:
+        c = Client(gateway(stages, convlog), consent=True)
+        c.send(text=pb.TextInput(text="What is the capital of France?"))
+        await c.wait_turns(1)
+        stages.script = LlmScript(reply="The capital of France is Paris.")
+        c.send(feedback=pb.Feedback(turn_id=c.of("turn_completed")[0].turn_id, rating=1, regenerate=True))
+        await c.wait_turns(2)
+        c.send(feedback=pb.Feedback(turn_id=c.of("turn_completed")[1].turn_id, thumbs=1))
+        await c.close()
+        return c
+
+    try:
+        c = run_virtual(main)
+        assert convlog.flush(10)
+        assert convlog.spool is not None
+        events = list(read_spooled_events(convlog.spool))
+    finally:
+        convlog.close()
+    first = c.of("turn_completed")[0].turn_id
+    kinds = sorted(e.WhichOneof("payload") for e in events)
+    assert kinds == ["feedback_given", "feedback_given", "reply_regenerated", "session_ended", "turn_recorded"]
+    [pair] = build_pairs([e for e in events if e.turn_id == first])
+    assert (pair.chosen.text, pair.rejected.text) == ("The capital of France is Paris.", "Lyon, I think.")

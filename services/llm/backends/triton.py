@@ -137,7 +137,7 @@ class TritonBackend(LlmBackend):
                 errors.append(f"{ep.url}: {e}")
         raise Unavailable(
             f"LLM backend unavailable: no Triton endpoint could serve model {model!r} ({'; '.join(errors)}). "
-            "Start Triton (python -m services.llm.tritonserver) or fix STEPAUDIO_LLM_TRITON_URLS; "
+            "Start Triton (python -m stepaudio.tritonserver) or fix STEPAUDIO_LLM_TRITON_URLS; "
             "the service reconnects by itself."
         )
 

@@ -7,14 +7,14 @@ requested model is ready.
 
 Library use::
 
-    from services.llm.tritonserver import start_triton
+    from stepaudio.tritonserver import start_triton
 
     with start_triton(models=["embedded_llm"]) as triton:      # or: async with start_triton(...)
         print(triton.grpc_url, triton.http_url, triton.metrics_url)
 
 Command line (runs until SIGINT/SIGTERM)::
 
-    python -m services.llm.tritonserver --model-repository models/triton --models embedded_llm --grpc-port 8001
+    python -m stepaudio.tritonserver --model-repository models/triton --models embedded_llm --grpc-port 8001
 """
 
 from __future__ import annotations
@@ -336,7 +336,7 @@ def start_triton(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m services.llm.tritonserver", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m stepaudio.tritonserver", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model-repository", default=str(DEFAULT_MODEL_REPOSITORY))
     ap.add_argument("--models", nargs="+", default=["embedded_llm"], help="models to load (explicit model control)")
     ap.add_argument("--host", default=os.environ.get("STEPAUDIO_TRITON_HOST", "127.0.0.1"))
