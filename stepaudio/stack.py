@@ -85,6 +85,8 @@ class Stack:
             env[prefix + "TRITON_URLS"] = f"127.0.0.1:{self.triton_ports['grpc']}"
         if name == "tokenizer":
             env.setdefault(prefix + "MODEL_THREADS", "2")
+        if name == "tools":
+            env.setdefault(prefix + "ENABLE_DIAGNOSTIC_TOOLS", "true")  # the local stack exercises slow tools
         if name == "gateway":
             for peer in ("vad", "tokenizer", "llm", "tools", "tts"):
                 env[f"{prefix}{peer.upper()}_ADDR"] = self.addr(peer)

@@ -42,7 +42,7 @@ from typing import Any
 
 log = logging.getLogger("stepaudio.tritonserver")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "models" / "triton"
 DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "tritonserver"
 

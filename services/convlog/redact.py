@@ -10,21 +10,33 @@
 and returns the kinds found, in first-seen order, as strings (``"email"``, ``"card"``, ``"phone"``). Cards are
 matched before phones so a card number is never reported as a phone; a 13-19 digit run that fails Luhn is not a
 card and (above 15 digits) not a phone either, so it stays. ISO dates (``2025-03-14``) are not phones.
+
+The patterns run on RE2 (``google-re2``): matching time is linear in the text, whatever it holds (the backtracking
+engine took seconds on long runs of digits and separators). RE2 has no look-around, so each pattern captures the
+character before the match (kept), and what must not follow a match is checked on the text after it.
 """
 
 from __future__ import annotations
 
-import re
+import re2
 
 EMAIL = "email"
 PHONE = "phone"
 CARD = "card"
 NO_CONSENT = "no_consent"
 
-_EMAIL_RE = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
-_CARD_RE = re.compile(r"(?<![\d+])[2-6](?:[ -]?\d){12,18}(?!\d)")  # issuer digit 2-6 (Visa, MC, Amex, ...)
-_PHONE_RE = re.compile(r"(?<![\w+])(?:\+|00)?\(?\d[\d \t().-]{4,}\d(?![\w])")
-_DATE_RE = re.compile(r"^\d{4}[-./]\d{1,2}[-./]\d{1,2}$|^\d{1,2}[-./]\d{1,2}[-./]\d{2,4}$")
+_EMAIL_RE = re2.compile(r"(^|[^\w.+-])([A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})\b")
+_CARD_RE = re2.compile(r"(^|[^\d+])([2-6](?:[ -]?\d){12,18})")  # issuer digit 2-6 (Visa, MC, Amex, ...)
+_PHONE_RE = re2.compile(r"(^|[^\w+])((?:\+|00)?\(?\d[\d \t().-]{4,}\d)")
+_DATE_RE = re2.compile(r"^\d{4}[-./]\d{1,2}[-./]\d{1,2}$|^\d{1,2}[-./]\d{1,2}[-./]\d{2,4}$")
+_NON_DIGIT = re2.compile(r"\D")
+_SEPARATOR = re2.compile(r"[+ ().-]")
+
+
+def _followed_by(m: re2._Match, chars: str) -> bool:
+    """Whether the text right after the match starts with a word character (``chars="w"``) or a digit."""
+    rest = m.string[m.end():m.end() + 1]
+    return bool(rest) and (rest.isdigit() if chars == "d" else (rest.isalnum() or rest == "_"))
 
 
 def luhn_ok(digits: str) -> bool:
@@ -50,28 +62,28 @@ def redact(text: str) -> tuple[str, list[str]]:
         if kind not in kinds:
             kinds.append(kind)
 
-    def email(m: re.Match[str]) -> str:
+    def email(m: re2._Match) -> str:
         note(EMAIL)
-        return "[EMAIL]"
+        return m.group(1) + "[EMAIL]"
 
-    def card(m: re.Match[str]) -> str:
-        digits = re.sub(r"\D", "", m.group(0))
-        if 13 <= len(digits) <= 19 and luhn_ok(digits):
+    def card(m: re2._Match) -> str:
+        digits = _NON_DIGIT.sub("", m.group(2))
+        if not _followed_by(m, "d") and 13 <= len(digits) <= 19 and luhn_ok(digits):
             note(CARD)
-            return "[CARD]"
+            return m.group(1) + "[CARD]"
         return m.group(0)
 
-    def phone(m: re.Match[str]) -> str:
-        s = m.group(0)
+    def phone(m: re2._Match) -> str:
+        s = m.group(2)
         stripped = s.rstrip(" \t.-(")
-        digits = re.sub(r"\D", "", stripped)
-        if not 7 <= len(digits) <= 15 or _DATE_RE.match(stripped.strip()):
-            return s
+        digits = _NON_DIGIT.sub("", stripped)
+        if _followed_by(m, "w") or not 7 <= len(digits) <= 15 or _DATE_RE.match(stripped.strip()):
+            return m.group(0)
         # plain numbers without any separator or "+" are amounts/ids unless long enough for a phone
-        if not re.search(r"[+ ().-]", stripped) and len(digits) < 9:
-            return s
+        if not _SEPARATOR.search(stripped) and len(digits) < 9:
+            return m.group(0)
         note(PHONE)
-        return "[PHONE]" + s[len(stripped) :]
+        return m.group(1) + "[PHONE]" + s[len(stripped) :]
 
     out = _EMAIL_RE.sub(email, text)
     out = _CARD_RE.sub(card, out)

@@ -36,7 +36,8 @@ def build(settings: GatewaySettings | None = None) -> GrpcServer:
         await servicer.drain()
 
     spec = ServiceSpec(SERVICE_NAME, conversation_pb2_grpc.add_ConversationServiceServicer_to_server, servicer)
-    return GrpcServer("gateway", settings, [spec], warmup, on_drain)
+    return GrpcServer("gateway", settings, [spec], warmup, on_drain, dependencies_down=stages.down,
+                      dependency_check_s=settings.dependency_check_s)
 
 
 if __name__ == "__main__":

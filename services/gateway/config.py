@@ -40,6 +40,16 @@ def resolve_turn_params(config: pb.SessionConfig, s: GatewaySettings) -> TurnPar
 def validate_config(config: pb.SessionConfig, settings: GatewaySettings, tool_specs: dict[str, tools_pb2.Tool],
                     voices: dict[str, tts_pb2.VoiceInfo]) -> TurnParams:
     """Check a SessionConfig; raises InvalidArgument / NotFound with what to fix. Returns its turn parameters."""
+    for name in ("session_id", "voice", "style", "language", "tenant"):
+        if len(getattr(config, name)) > settings.max_field_chars:
+            raise InvalidArgument(f"{name} has {len(getattr(config, name))} characters; the limit is "
+                                  f"{settings.max_field_chars}")
+    if len(config.system_prompt) > settings.max_system_prompt_chars:
+        raise InvalidArgument(f"system_prompt has {len(config.system_prompt)} characters; the limit is "
+                              f"{settings.max_system_prompt_chars}")
+    if len(config.allowed_tools) > settings.max_allowed_tools:
+        raise InvalidArgument(f"allowed_tools has {len(config.allowed_tools)} entries; the limit is "
+                              f"{settings.max_allowed_tools}")
     fmt = config.input_format
     rate = fmt.sample_rate_hz or 16000
     if rate not in SUPPORTED_RATES:

@@ -77,6 +77,7 @@ class VadStream:
         self.start_threshold = config.start_threshold
         self.closed = False
         self._discard = False
+        self._waiting_since: float | None = None
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         requests = queue_stream(vad_pb2.StreamDetectRequest(config=config), self._queue,
                                 lambda d: vad_pb2.StreamDetectRequest(audio=audio_pb2.AudioChunk(data=d)))
@@ -87,6 +88,12 @@ class VadStream:
     def feed(self, data: bytes) -> None:
         if not self.closed:
             self._queue.put_nowait(data)
+            if self._waiting_since is None:
+                self._waiting_since = asyncio.get_running_loop().time()
+
+    def stalled(self, now: float, stall_s: float) -> bool:
+        """Audio has waited more than ``stall_s`` for any result."""
+        return self._waiting_since is not None and now - self._waiting_since > stall_s
 
     def update(self, resp: vad_pb2.StreamDetectResponse) -> VadUpdate:
         base = self.base_ms
@@ -101,6 +108,7 @@ class VadStream:
                 async for resp in responses:
                     if self._discard:
                         break  # a closed window's late results
+                    self._waiting_since = None
                     self._on_update(self.update(resp))
         except StageError as e:
             if not self._discard:

@@ -85,26 +85,36 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         resumed = False
         if config.session_id:
             stored = await self.store.load(config.session_id)
-            if stored is None:
-                raise NotFound(f"session {config.session_id!r} is unknown or expired; leave session_id empty to "
-                               "start a new session")
+            if stored is None or stored.tenant != config.tenant:  # another tenant's session does not exist for you
+                raise NotFound("session_id is unknown or expired; leave session_id empty to start a new session")
             resumed = True
         else:
-            stored = StoredSession(uuid.uuid4().hex)
+            stored = StoredSession(uuid.uuid4().hex, tenant=config.tenant)
         session = Session(stored.session_id, config, params, History(stored, self.settings.max_stored_messages),
                           self.stages, self.store, self.settings, self.convlog)
-        structlog.contextvars.bind_contextvars(session_id=session.id)
+        structlog.contextvars.bind_contextvars(session=session.ref)
         self.sessions[session.id] = session
         pump = asyncio.create_task(self._pump(session, rest))
         reason = logs_pb2.SESSION_END_REASON_USER_HANGUP
+        loop = asyncio.get_running_loop()
+        ends_at = loop.time() + self.settings.max_session_s
         try:
             yield pb.ConverseResponse(session_started=pb.SessionStarted(
                 session_id=session.id, resumed=resumed, output_sample_rate_hz=session.out_rate or 22050))
             while True:
-                event = await session.out.get()
+                try:
+                    event = await asyncio.wait_for(session.out.get(), max(ends_at - loop.time(), 0.0))
+                except TimeoutError:
+                    reason = logs_pb2.SESSION_END_REASON_IDLE_TIMEOUT
+                    raise StageError(f"the session reached max_session_s={self.settings.max_session_s}; start a new "
+                                     "one with this session_id to go on", grpc.StatusCode.DEADLINE_EXCEEDED) from None
                 if event is None:
                     break
                 yield event
+            if session.overflowed:
+                reason = logs_pb2.SESSION_END_REASON_ERROR
+                raise StageError(f"{self.settings.max_pending_events} events wait for this client: read the "
+                                 "response stream as fast as it comes", grpc.StatusCode.RESOURCE_EXHAUSTED)
             exc = pump.exception() if pump.done() else None
             if exc is not None:
                 reason = logs_pb2.SESSION_END_REASON_ERROR

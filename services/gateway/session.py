@@ -17,8 +17,9 @@ import asyncio
 import contextlib
 import json
 import uuid
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import structlog
@@ -34,7 +35,7 @@ from services.gateway.reply import Outcome, Reply, ToolRecord
 from services.gateway.report import ConversationReport, Regeneration
 from services.gateway.settings import GatewaySettings
 from services.gateway.stages import Stages
-from services.gateway.store import SessionStore
+from services.gateway.store import SessionStore, session_ref
 from services.gateway.turns import (
     BargeIn,
     Decision,
@@ -61,10 +62,24 @@ from stepaudio.tts.v1 import tts_pb2
 from stepaudio.vad.v1 import vad_pb2
 
 log = structlog.get_logger("stepaudio.gateway")
+T = TypeVar("T")
 
 
 def now() -> float:
     return asyncio.get_running_loop().time()
+
+
+async def stall_guard(stream: AsyncGenerator[T, None], stall_s: float, stage: str) -> AsyncGenerator[T, None]:
+    """``stream``, but a gap of more than ``stall_s`` between items ends it with DEADLINE_EXCEEDED."""
+    async with contextlib.aclosing(stream):
+        while True:
+            try:
+                item = await asyncio.wait_for(anext(stream), stall_s)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise StageError(f"{stage}: nothing for {stall_s:g} s", grpc.StatusCode.DEADLINE_EXCEEDED) from None
+            yield item
 
 
 @dataclass
@@ -85,11 +100,29 @@ class Speaker:
         self._first_at = 0.0
         self._first_flushed = session.settings.first_phrase_words <= 0
         self._queue: asyncio.Queue[tts_pb2.TextPiece | None] = asyncio.Queue()
+        self._owed_since: float | None = None  # text the TTS must speak now (flushed) has waited since then
+        self._waiting_at: float | None = None  # the speaker has waited for the TTS's next chunk since then
+        self._failure: StageError | None = None
         config = tts_pb2.SynthesisConfig(voice=session.config.voice, style=session.config.style,
                                          sample_rate_hz=session.out_rate)
         requests = queue_stream(tts_pb2.SynthesizeStreamRequest(config=config), self._queue,
                                 lambda piece: tts_pb2.SynthesizeStreamRequest(text=piece))
         self._task = asyncio.create_task(self._play(session.stages.synthesize(requests)))
+        self._watchdog = asyncio.create_task(self._watch(session.settings.stall_timeout_s))
+
+    def _owe(self) -> None:
+        if self._owed_since is None:
+            self._owed_since = now()
+
+    async def _watch(self, stall_s: float) -> None:
+        """A TTS that owes audio for text it must speak and sends nothing for ``stall_s`` fails the reply."""
+        while not self._task.done():
+            await asyncio.sleep(min(stall_s / 4, 1.0))
+            waiting, owed = self._waiting_at, self._owed_since
+            if waiting is not None and owed is not None and now() - max(waiting, owed) > stall_s:
+                self._failure = StageError(f"tts: no audio for {stall_s:g} s", grpc.StatusCode.DEADLINE_EXCEEDED)
+                self._task.cancel()
+                return
 
     def write(self, delta: str) -> None:
         """LLM text; the opening words go out as soon as a word ends and the first phrase is ready."""
@@ -98,12 +131,16 @@ class Speaker:
         if not self._first_flushed and delta[:1].isspace() and self._first_phrase_ready():
             self._queue.put_nowait(tts_pb2.TextPiece(flush=True))
             self._first_flushed = True
+            self._owe()
         self._text += delta
         self._queue.put_nowait(tts_pb2.TextPiece(text=delta))
+        if delta.rstrip()[-1:] in (".", "!", "?"):
+            self._owe()
 
     def say(self, text: str) -> None:
         """A whole phrase outside the LLM's text (the tool filler), spoken at once."""
         self._queue.put_nowait(tts_pb2.TextPiece(text=f" {text} ", flush=True))
+        self._owe()
 
     def _first_phrase_ready(self) -> bool:
         words = self._text.split()
@@ -112,20 +149,35 @@ class Speaker:
     async def finish(self) -> None:
         """No more text: wait until all of it was spoken."""
         self._queue.put_nowait(None)
-        await asyncio.shield(self._task)
+        self._owe()
+        try:
+            await asyncio.shield(self._task)
+        except asyncio.CancelledError:
+            if self._failure is not None:
+                raise self._failure from None
+            raise
 
     async def cancel(self) -> None:
+        self._watchdog.cancel()
         self._task.cancel()
         with contextlib.suppress(BaseException):
             await self._task
 
-    async def _play(self, responses: Any) -> None:
+    async def _play(self, responses: AsyncGenerator[tts_pb2.SynthesizeStreamResponse, None]) -> None:
         reply, playout = self.reply, self.reply.playout
         async with contextlib.aclosing(responses):
-            async for resp in responses:
+            while True:
+                self._waiting_at = now()
+                try:
+                    resp = await anext(responses)
+                except StopAsyncIteration:
+                    return
+                finally:
+                    self._waiting_at = None
                 chunk = resp.chunk
                 if chunk.WhichOneof("content") != "audio" or not chunk.audio.data:
                     continue
+                self._owed_since = None
                 if reply.timings.tts_first_chunk_ms is None and self._first_at:
                     reply.timings.tts_first_chunk_ms = (now() - self._first_at) * 1000
                 await reply.committed.wait()
@@ -145,6 +197,7 @@ class Session:
     def __init__(self, session_id: str, config: pb.SessionConfig, params: TurnParams, history: History,
                  stages: Stages, store: SessionStore, settings: GatewaySettings, convlog: Any = None) -> None:
         self.id = session_id
+        self.ref = session_ref(session_id)  # what logs, spans and other services see
         self.config = config
         self.params = params
         self.history = history
@@ -153,7 +206,7 @@ class Session:
         self.settings = settings
         self.rate = config.input_format.sample_rate_hz or 16000
         self.out_rate = config.output_format.sample_rate_hz or 0
-        self.report = ConversationReport(convlog, session_id, config, self.rate)
+        self.report = ConversationReport(convlog, self.ref, config, self.rate)
         self.turns = TurnDetector(params)
         self.out: asyncio.Queue[pb.ConverseResponse | None] = asyncio.Queue()
         self.input = InputClock(self.rate)
@@ -171,10 +224,19 @@ class Session:
         self.regenerations: dict[str, Regeneration] = {}  # reply turn id -> the turn it answers again
         self.last_turn_id = ""
         self.started_at = now()
+        self.overflowed = False
+        self._vad_failed_at = -1e9  # when the last VAD stream failed (reopened at most once a second)
 
     # ---- output -------------------------------------------------------------------------------------------
 
     def emit(self, event: pb.ConverseResponse) -> None:
+        if self.overflowed:
+            return
+        if self.out.qsize() >= self.settings.max_pending_events:
+            # The client stopped reading: end the session rather than hold its events without bound.
+            self.overflowed = True
+            self.out.put_nowait(None)
+            return
         self.out.put_nowait(event)
 
     def error(self, code: grpc.StatusCode, message: str, turn_id: str = "") -> None:
@@ -191,24 +253,48 @@ class Session:
             self.error(grpc.StatusCode.INVALID_ARGUMENT,
                        f"audio chunk of {len(data)} bytes ignored: PCM16 needs an even number of bytes")
             return
+        self.check_rate(len(data))
         if self.window is None:
+            if now() - self._vad_failed_at < 1.0:
+                return  # the VAD just failed: its audio is not heard until the stream reopens
             self.open_window()
         assert self.window is not None
         self.input.arrived(len(data), now())
+        if self.window.vad.stalled(now(), self.settings.stall_timeout_s):
+            self.vad_failed(StageError(f"vad: no result for {self.settings.stall_timeout_s:g} s",
+                                       grpc.StatusCode.DEADLINE_EXCEEDED), self.window.turn_id)
+            return
         self.window.vad.feed(data)
         listening = self.turns.state in (State.USER_SPEAKING, State.USER_PAUSED)
         self.buffer.append(data, keep_silence=listening)
         if listening and self.asr is not None:
             self.asr.feed(data)
+        if listening and self.input.ms - self.utterance_start_ms > self.settings.max_utterance_ms:
+            # The longest utterance the gateway holds: the turn ends here.
+            for decision in self.turns.end_of_input(self.input.ms):
+                self.apply(decision)
+
+    def check_rate(self, nbytes: int) -> None:
+        """Refuse audio that arrives faster than the real-time factor allows (after the burst)."""
+        s = self.settings
+        allowed_ms = s.max_audio_burst_ms + (now() - self.started_at) * 1000 * s.max_realtime_factor
+        if self.input.ms + nbytes * 500.0 / self.rate > allowed_ms:
+            raise StageError(f"audio arrives faster than {s.max_realtime_factor:g}x real time (more than "
+                             f"{s.max_audio_burst_ms / 1000:g} s ahead): send it at real-time pace",
+                             grpc.StatusCode.RESOURCE_EXHAUSTED)
 
     async def on_text(self, text: str, regeneration: Regeneration | None = None) -> None:
         if not text.strip():
             self.error(grpc.StatusCode.INVALID_ARGUMENT, "text input is empty: send the words of the user's turn")
             return
+        if len(text) > self.settings.max_text_chars:
+            self.error(grpc.StatusCode.INVALID_ARGUMENT, f"text input has {len(text)} characters; the limit is "
+                       f"{self.settings.max_text_chars}")
+            return
         self.interrupt_replies(None, "text input")
         turn_id = uuid.uuid4().hex[:12]
         span = tracer().start_span("turn", context=otel_context.Context(), attributes={
-            "stepaudio.session_id": self.id, "stepaudio.turn_id": turn_id, "stepaudio.input": "text"})
+            "stepaudio.session_ref": self.ref, "stepaudio.turn_id": turn_id, "stepaudio.input": "text"})
         if regeneration is not None:
             self.regenerations[turn_id] = regeneration
         reply = Reply(turn_id, span, now(), Playout(self.settings.output_lead_ms), user_text=text,
@@ -223,6 +309,10 @@ class Session:
     async def on_feedback(self, fb: pb.Feedback) -> None:
         if fb.rating and not 1 <= fb.rating <= 5:
             self.error(grpc.StatusCode.INVALID_ARGUMENT, f"rating={fb.rating}: use 1 (bad) to 5 (good), or 0")
+            return
+        if len(fb.comment) > self.settings.max_text_chars:
+            self.error(grpc.StatusCode.INVALID_ARGUMENT, f"feedback comment has {len(fb.comment)} characters; the "
+                       f"limit is {self.settings.max_text_chars}")
             return
         if fb.thumbs not in (-1, 0, 1):
             self.error(grpc.StatusCode.INVALID_ARGUMENT, f"thumbs={fb.thumbs}: use 1 (up), -1 (down) or 0")
@@ -259,6 +349,7 @@ class Session:
 
     async def close(self, reason: int) -> None:
         """The stream ended: stop listening and replying, log the session's end."""
+        self.drop_asr()
         self.close_window(end_span=True)
         for task in list(self.tasks):
             task.cancel()
@@ -270,21 +361,31 @@ class Session:
         """Start a listening window: a new turn id, a new trace, a new VAD stream."""
         turn_id = uuid.uuid4().hex[:12]
         span = tracer().start_span("turn", context=otel_context.Context(),
-                                   attributes={"stepaudio.session_id": self.id, "stepaudio.turn_id": turn_id})
+                                   attributes={"stepaudio.session_ref": self.ref, "stepaudio.turn_id": turn_id})
         p = self.params
         config = vad_pb2.DetectConfig(
             format=audio_pb2.AudioFormat(sample_rate_hz=self.rate), start_threshold=p.start_threshold,
             stop_threshold=p.stop_threshold, min_speech_ms=p.min_speech_ms, min_silence_ms=p.pause_ms,
             send_probabilities=True)
 
-        def on_error(e: StageError) -> None:
-            self.error(e.code, f"voice activity detection failed: {e.message}", turn_id)
-            log.warning("vad stream failed", code=e.code.name, details=e.message)
-
         with trace.use_span(span, end_on_exit=False):
-            vad = VadStream(self.stages, config, self.input.ms, self.on_vad, on_error)
+            vad = VadStream(self.stages, config, self.input.ms, self.on_vad, lambda e: self.vad_failed(e, turn_id))
         self.buffer.reset(self.input.ms)
         self.window = Window(turn_id, span, vad)
+
+    def vad_failed(self, e: StageError, turn_id: str) -> None:
+        """The VAD stream failed or hung: say so once, drop the window; the next audio reopens it (a second on)."""
+        if self.window is None or self.window.turn_id != turn_id:
+            return
+        if now() - self._vad_failed_at > 5.0:
+            self.error(e.code, f"voice activity detection failed: {e.message}", turn_id)
+        log.warning("vad stream failed", code=e.code.name, details=e.message)
+        self._vad_failed_at = now()
+        self.drop_asr()
+        for decision in self.turns.end_of_input(self.input.ms):
+            if isinstance(decision, Endpoint):  # what the user said so far is the turn
+                self.endpoint(decision.speech_end_ms, reopen=False)
+        self.close_window(end_span=True)
 
     def close_window(self, end_span: bool) -> None:
         if self.window is not None:
@@ -447,8 +548,13 @@ class Session:
     async def hear(self, reply: Reply, asr: AsrStream | None, audio: bytes) -> None:
         """The final transcript of the user's turn."""
         t0 = now()
-        final = await asr.finish() if asr is not None else await transcribe_once(
+        final_ = asr.finish() if asr is not None else transcribe_once(
             self.stages, self.transcribe_config(partials=False), audio)
+        try:
+            final = await asyncio.wait_for(final_, self.settings.asr_timeout_s)
+        except TimeoutError:
+            raise StageError(f"asr: no final transcript within {self.settings.asr_timeout_s:g} s",
+                             grpc.StatusCode.DEADLINE_EXCEEDED) from None
         reply.user_text, reply.confidence = final.text.strip(), final.confidence
         reply.timings.asr_ms = (now() - t0) * 1000
         reply.emit(pb.ConverseResponse(transcript=pb.Transcript(
@@ -466,9 +572,10 @@ class Session:
         for _round in range(s.max_tool_rounds + 1):
             calls: list[llm_pb2.ToolCall] = []
             round_text = ""
-            request = llm_pb2.GenerateRequest(messages=messages, tools=self.tools, session_id=self.id,
+            request = llm_pb2.GenerateRequest(messages=messages, tools=self.tools, session_id=self.ref,
                                               sampling=sampling)
-            async with contextlib.aclosing(self.stages.generate(request, s.llm_timeout_s)) as events:
+            async with contextlib.aclosing(stall_guard(self.stages.generate(request, s.llm_timeout_s),
+                                                       s.stall_timeout_s, "llm")) as events:
                 async for r in events:
                     kind = r.WhichOneof("event")
                     if kind == "text_delta" and r.text_delta:

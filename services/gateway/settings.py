@@ -60,3 +60,28 @@ class GatewaySettings(ServiceSettings):
         150, description="Reply audio is sent at real-time pace, at most this far ahead of playback, in ms."
     )
     conversation_log: bool = Field(True, description="Write conversation events to the log spool / Kafka.")
+
+    # ---- limits: what one client may cost (RESOURCE_EXHAUSTED / INVALID_ARGUMENT beyond) ----
+    max_realtime_factor: float = Field(
+        4.0, gt=0, description="Audio may arrive at most this many times faster than real time (after the burst "
+                               "below); faster is RESOURCE_EXHAUSTED.")
+    max_audio_burst_ms: int = Field(
+        30000, ge=0, description="Audio a client may send ahead of real time at once (a file), in ms.")
+    max_utterance_ms: int = Field(
+        60000, ge=1000, description="Longest user utterance; the turn ends there (and its audio is bounded), in ms.")
+    max_session_s: int = Field(3600, ge=1, description="Longest session; the stream then ends with "
+                                                       "DEADLINE_EXCEEDED, in seconds.")
+    max_pending_events: int = Field(
+        2000, ge=10, description="Events waiting for a client that does not read them; beyond, the session ends "
+                                 "with RESOURCE_EXHAUSTED.")
+    max_text_chars: int = Field(4000, ge=1, description="Longest TextInput or feedback comment, in characters.")
+    max_system_prompt_chars: int = Field(8000, ge=1, description="Longest system_prompt, in characters.")
+    max_field_chars: int = Field(256, ge=8, description="Longest session_id, voice, style, language and tenant.")
+    max_allowed_tools: int = Field(64, ge=1, description="Most entries in allowed_tools.")
+    # ---- deadlines: a failed or hung stage ends the turn (Error + TurnCompleted FAILED) within these ----
+    asr_timeout_s: float = Field(15.0, gt=0, description="Final transcript after the end of speech, in seconds.")
+    stall_timeout_s: float = Field(
+        10.0, gt=0, description="Longest silence of a working stage: the LLM between events, the TTS after text "
+                                "to speak, the VAD after audio, in seconds.")
+    dependency_check_s: float = Field(
+        2.0, gt=0, description="How often the gateway checks its stages' health (NOT_SERVING while one is down).")

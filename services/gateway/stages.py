@@ -6,11 +6,13 @@ status and a message that names the stage; closing (or cancelling the consumer o
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.gateway.settings import GatewaySettings
 from services.kit.clients import channel
@@ -151,6 +153,21 @@ class GrpcStages(Stages):
         self.connect()
         async for _ in _stream("llm", self._llm.Generate(request, timeout=timeout_s, wait_for_ready=True)):
             pass
+
+    async def down(self, timeout_s: float = 1.0) -> list[str]:
+        """The stages whose health is not SERVING (or that do not answer within ``timeout_s``)."""
+        self.connect()
+
+        async def check(name: str, ch: grpc.aio.Channel) -> str | None:
+            try:
+                resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+            except grpc.aio.AioRpcError as e:
+                return f"{name}: {e.code().name}"
+            return None if resp.status == health_pb2.HealthCheckResponse.SERVING else f"{name}: NOT_SERVING"
+
+        names = ("vad", "tokenizer", "llm", "tools", "tts")
+        results = await asyncio.gather(*(check(n, c) for n, c in zip(names, self._channels, strict=True)))
+        return [r for r in results if r is not None]
 
     async def close(self) -> None:
         for c in self._channels:

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
+
+
+def session_ref(session_id: str) -> str:
+    """A stable, non-secret stand-in for a session id in logs, spans, Kafka and LLM requests (the id itself is the
+    credential that resumes the session, so it is never written anywhere else)."""
+    return hashlib.sha256(session_id.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -13,6 +20,7 @@ class StoredSession:
     """What survives a gateway restart: the text history (a resuming client sends its config again)."""
 
     session_id: str
+    tenant: str = ""  # the tenant that owns the session; another tenant cannot resume it
     history: list[dict[str, str]] = field(default_factory=list)
     updated_at: float = field(default_factory=time.time)
 
@@ -22,7 +30,7 @@ class StoredSession:
     @classmethod
     def from_json(cls, raw: str | bytes) -> StoredSession:
         data = json.loads(raw)
-        return cls(session_id=data["session_id"], history=data.get("history", []),
+        return cls(session_id=data["session_id"], tenant=data.get("tenant", ""), history=data.get("history", []),
                    updated_at=data.get("updated_at", time.time()))
 
 

@@ -8,6 +8,7 @@ servicer becomes a gRPC status with its message. Client side, the current contex
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -95,7 +96,7 @@ class _RpcScope:
 
     async def __aenter__(self) -> trace.Span:
         token = self.owner._auth_token
-        if token and self.md.get("authorization", "") != f"Bearer {token}":
+        if token and not hmac.compare_digest(self.md.get("authorization", "").encode(), f"Bearer {token}".encode()):
             await self.context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong 'authorization: Bearer' token")
         self.t0 = time.perf_counter()
         parent = propagate.extract(self.md)
@@ -154,7 +155,10 @@ class _RpcScope:
             log.exception("unhandled error in handler")
             self.span.record_exception(exc)
             await self._finish(grpc.StatusCode.INTERNAL, repr(exc))
-            await self.context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc!r}")
+            # The client gets no internals (they are in this service's log and span, under the trace id).
+            trace_id = format(self.span.get_span_context().trace_id, "032x")
+            await self.context.abort(grpc.StatusCode.INTERNAL, f"internal error (trace {trace_id}; see the "
+                                     f"{self.owner._service} log)")
             return False
         finally:
             structlog.contextvars.reset_contextvars(**self.tokens)

@@ -61,7 +61,11 @@ class GrpcServer:
         specs: list[ServiceSpec],
         warmup: Callable[[], Awaitable[None]] | None = None,
         on_drain: Callable[[], Awaitable[None]] | None = None,
+        dependencies_down: Callable[[], Awaitable[list[str]]] | None = None,
+        dependency_check_s: float = 2.0,
     ) -> None:
+        """``dependencies_down`` (optional) names the required dependencies that are down now; while it names
+        any, health is NOT_SERVING (checked every ``dependency_check_s`` after warm-up)."""
         self.name = name
         self.settings = settings
         self.specs = specs
@@ -72,6 +76,11 @@ class GrpcServer:
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self._stopped = asyncio.Event()
+        self._dependencies_down = dependencies_down
+        self._dependency_check_s = dependency_check_s
+        self._watch: asyncio.Task | None = None
+        self._draining = False
+        self.down: list[str] = []  # required dependencies down at the last check
 
     async def _set_health(self, status: int) -> None:
         for svc in ["", *(s.full_name for s in self.specs)]:
@@ -97,12 +106,33 @@ class GrpcServer:
             await self._warmup()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("serving", port=self.port)
+        if self._dependencies_down is not None:
+            self._watch = asyncio.create_task(self._watch_dependencies(self._dependencies_down))
         return self.port
+
+    async def _watch_dependencies(self, check: Callable[[], Awaitable[list[str]]]) -> None:
+        while not self._draining:
+            try:
+                down = await check()
+            except Exception as e:  # noqa: BLE001 - a failing check counts as "unknown", reported as down
+                down = [f"health check failed: {e!r}"]
+            if down != self.down and not self._draining:
+                self.down = down
+                if down:
+                    log.warning("NOT_SERVING: required dependencies down", down=down)
+                    await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+                else:
+                    log.info("SERVING again: dependencies back")
+                    await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+            await asyncio.sleep(self._dependency_check_s)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: report NOT_SERVING, let live RPCs finish for ``grace`` seconds, then stop."""
         if self.server is None:
             return
+        self._draining = True
+        if self._watch is not None:
+            self._watch.cancel()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._on_drain is not None:
             await self._on_drain()

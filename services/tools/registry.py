@@ -120,39 +120,74 @@ _FUNCS: dict[str, Callable[..., float]] = {"sqrt": math.sqrt, "sin": math.sin, "
 _CONSTS = {"pi": math.pi, "e": math.e}
 
 
+_MAX_MAGNITUDE = 1e300  # results and intermediates beyond this are refused (no huge integers, no inf)
+
+
+def _bounded(value: Any) -> float:
+    if isinstance(value, complex):
+        raise ValueError("the result is not a real number")
+    if isinstance(value, int) and value.bit_length() > 996:  # about 1e300
+        raise ValueError("the result is too large")
+    if isinstance(value, float) and not math.isfinite(value) or abs(value) > _MAX_MAGNITUDE:
+        raise ValueError("the result is too large")
+    return value
+
+
+def _round(x: float, digits: float = 0) -> float:
+    if not float(digits).is_integer() or abs(digits) > 15:
+        raise ValueError("round(x, n) needs a whole n from -15 to 15")
+    return round(x, int(digits))
+
+
+_FUNCS["round"] = _round
+
+
 def _eval(node: ast.AST) -> float:
     if isinstance(node, ast.Expression):
         return _eval(node.body)
     if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
-        return node.value
+        return _bounded(node.value)
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
         left, right = _eval(node.left), _eval(node.right)
         if isinstance(node.op, ast.Pow) and (abs(right) > 1000 or abs(left) > 1e6):
-            raise ValueError("exponent too large")
-        return _BINOPS[type(node.op)](left, right)
+            raise ValueError("the exponent is too large: keep x ** y with |x| <= 1e6 and |y| <= 1000")
+        return _bounded(_BINOPS[type(node.op)](left, right))
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNOPS:
-        return _UNOPS[type(node.op)](_eval(node.operand))
+        return _bounded(_UNOPS[type(node.op)](_eval(node.operand)))
     if isinstance(node, ast.Name) and node.id in _CONSTS:
         return _CONSTS[node.id]
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCS and not node.keywords:
-        return _FUNCS[node.func.id](*[_eval(a) for a in node.args])
+        if len(node.args) > 2:
+            raise ValueError(f"{node.func.id}() takes one or two arguments")
+        return _bounded(_FUNCS[node.func.id](*[_eval(a) for a in node.args]))
     raise ValueError(f"unsupported expression element {ast.dump(node)[:40]!r}; use numbers, + - * / // % ** and "
                      f"{', '.join(_FUNCS)}")
 
 
-async def calculator(expression: str) -> dict[str, Any]:
-    """Evaluate arithmetic safely (parsed to an AST and walked; no eval)."""
-    expr = expression.replace("^", "**").replace("×", "*").replace("÷", "/")
-    if len(expr) > 200:
-        raise ValueError("expression longer than 200 characters")
+def _evaluate(expr: str) -> float:
     try:
         tree = ast.parse(expr, mode="eval")
     except SyntaxError:
-        raise ValueError(f"cannot parse {expression!r} as arithmetic") from None
+        raise ValueError(f"cannot parse {expr!r} as arithmetic") from None
     try:
-        value = _eval(tree)
+        return _eval(tree)
     except ZeroDivisionError:
         raise ValueError("division by zero") from None
+    except OverflowError:
+        raise ValueError("the result is too large") from None
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ValueError) and not str(e).startswith("math"):
+            raise
+        raise ValueError(f"not defined for these numbers ({e})") from None
+
+
+async def calculator(expression: str) -> dict[str, Any]:
+    """Evaluate arithmetic safely: parsed to an AST and walked (no eval), every step bounded in size, in a worker
+    thread (the registry's deadline applies)."""
+    expr = expression.replace("^", "**").replace("×", "*").replace("÷", "/")
+    if len(expr) > 200:
+        raise ValueError("expression longer than 200 characters")
+    value = await asyncio.to_thread(_evaluate, expr)
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         value = int(value)
     return {"expression": expression, "result": value}

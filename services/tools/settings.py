@@ -14,5 +14,6 @@ class ToolsSettings(ServiceSettings):
     port: int = Field(50055, description="gRPC port.")
     default_timeout_s: float = Field(5.0, description="Timeout of a tool call when neither tool nor request sets one.")
     enable_diagnostic_tools: bool = Field(
-        True, description="Register the 'wait' tool (sleeps, then answers) used to exercise slow-tool handling."
+        False, description="Register the 'wait' tool (sleeps, then answers) used to exercise slow-tool handling "
+                           "(tests and local stacks; keep off in production)."
     )

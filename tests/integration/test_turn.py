@@ -80,13 +80,15 @@ async def test_other_input_rates(stack: Stack, tmp_path: Path, rate: int) -> Non
 
 
 async def test_one_turn_is_one_trace(first_turn, otlp: OtlpReceiver) -> None:
-    sid = first_turn.session_id
+    from services.gateway.store import session_ref
+
+    sid = session_ref(first_turn.session_id)  # spans carry the derived ref, never the resumable id
     wanted = {"stepaudio-gateway", "stepaudio-vad", "stepaudio-tokenizer", "stepaudio-llm", "stepaudio-tts"}
     deadline = time.monotonic() + 20
     services: set[str] = set()
     while time.monotonic() < deadline:
         spans = otlp.snapshot()
-        turn_spans = [s for s in spans if s.name == "turn" and s.attributes.get("stepaudio.session_id") == sid]
+        turn_spans = [s for s in spans if s.name == "turn" and s.attributes.get("stepaudio.session_ref") == sid]
         traces = {s.trace_id for s in turn_spans}
         # The turn that produced the reply: its trace holds the LLM call.
         for trace_id in traces:

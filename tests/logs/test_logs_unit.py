@@ -195,3 +195,15 @@ def test_rules_deaf_hacking_rating_regenerate():
     (p,) = build_pairs([t2, regen_req, alt, down, up0])
     assert (p.reason, p.chosen.text, p.rejected.text, p.chosen.score) == ("thumbs", "meh", "a good joke", 5.0)
     assert sorted(p.source_event_ids) == ["e1", "e4", "e5", "e6", "e7"]
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("text", [
+    "1 " * 50_000 + "x",  # digits and separators that never end a phone: the backtracking engine took minutes
+    "a" * 100_000 + "@",  # an e-mail prefix that never gets its domain
+    "4-" * 50_000,
+    ("+" + "(1) " * 20_000) * 2,
+])
+def test_redaction_is_linear_on_adversarial_text(text: str) -> None:
+    out, _ = redact(text)
+    assert len(out) <= len(text) + 16

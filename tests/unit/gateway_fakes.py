@@ -22,6 +22,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import grpc
 import numpy as np
 
 from services.gateway.stages import Stages
@@ -95,6 +96,14 @@ def run_virtual(main: Callable[[], Awaitable[T]], limit_s: float = 600.0) -> T:
     try:
         return loop.run_until_complete(asyncio.wait_for(main(), limit_s))
     finally:
+        left = asyncio.all_tasks(loop)
+        for task in left:
+            task.cancel()
+
+        async def settle() -> None:
+            await asyncio.gather(*left, return_exceptions=True)
+
+        loop.run_until_complete(settle())
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
 
@@ -155,6 +164,10 @@ class FakeStages(Stages):
         super().__init__()
         self.script = script or LlmScript()
         self.token_s, self.asr_s, self.tts_latency_s = token_s, asr_s, tts_latency_s
+        self.tts_hang = False  # the TTS takes text and never answers (a stopped process)
+        self.llm_hang_after = -1  # the LLM stops after this many words (-1: never)
+        self.vad_failures = 0  # this many VAD streams fail with UNAVAILABLE (a killed process) before one works
+        self.vad_streams = 0
         self.llm_requests: list[llm_pb2.GenerateRequest] = []
         self.tool_calls: list[tools_pb2.ExecuteToolRequest] = []
         self.tts_texts: list[str] = []
@@ -169,6 +182,11 @@ class FakeStages(Stages):
 
     async def detect(self, requests: AsyncIterator[vad_pb2.StreamDetectRequest]
                      ) -> AsyncGenerator[vad_pb2.StreamDetectResponse, None]:
+        self.vad_streams += 1
+        if self.vad_failures > 0:
+            self.vad_failures -= 1
+            await asyncio.sleep(0.01)
+            raise StageError("vad: connection refused", grpc.StatusCode.UNAVAILABLE)
         first, rest = await _config_then(requests)
         c = first.config
         det = SpeechDetector(EnergyVad(), c.format.sample_rate_hz, DetectorConfig(
@@ -207,6 +225,8 @@ class FakeStages(Stages):
             return
         for i, word in enumerate(s.reply.split()):
             await asyncio.sleep(self.token_s)
+            if i == self.llm_hang_after:
+                await asyncio.Event().wait()
             yield llm_pb2.GenerateResponse(text_delta=word if i == 0 else " " + word)
         yield llm_pb2.GenerateResponse(finish=llm_pb2.Finish(reason=llm_pb2.FINISH_REASON_STOP))
 
@@ -217,6 +237,8 @@ class FakeStages(Stages):
 
         async def speak(text: str) -> tts_pb2.SynthesizeStreamResponse:
             self.tts_texts.append(text)
+            if self.tts_hang:
+                await asyncio.Event().wait()
             await asyncio.sleep(self.tts_latency_s)
             n = len(text.split()) * TTS_RATE // 4
             pcm = float_to_pcm16(0.2 * np.ones(n, np.float32))

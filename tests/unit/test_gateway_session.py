@@ -303,3 +303,170 @@ def test_regenerate_from_the_gateway_becomes_a_preference_pair(tmp_path) -> None
     assert kinds == ["feedback_given", "feedback_given", "reply_regenerated", "session_ended", "turn_recorded"]
     [pair] = build_pairs([e for e in events if e.turn_id == first])
     assert (pair.chosen.text, pair.rejected.text) == ("The capital of France is Paris.", "Lyon, I think.")
+
+
+# ---- limits and faults (issue: safe to expose) -----------------------------------------------------------------
+
+
+def test_audio_faster_than_real_time_is_refused_and_memory_stays_bounded() -> None:
+    import grpc
+
+    stages = FakeStages()
+
+    async def main() -> tuple[Client, BaseException | None]:
+        gw = gateway(stages, max_audio_burst_ms=5000, max_realtime_factor=2.0)
+        c = Client(gw)
+        pcm = float_to_pcm16(tone(120_000))  # two minutes of audio, sent as fast as the gateway takes it
+        for off in range(0, len(pcm), 640):
+            c.send(audio=audio_pb2.AudioChunk(data=pcm[off:off + 640]))
+            if off % 64000 == 0:
+                await asyncio.sleep(0)
+        c.queue.put_nowait(None)
+        try:
+            await asyncio.wait_for(c.task, 60)
+        except StageError as e:
+            return c, e
+        return c, None
+
+    c, err = run_virtual(main)
+    assert isinstance(err, StageError) and err.code == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+    assert "real time" in err.message
+    [e] = c.of("error")
+    assert e.code == "RESOURCE_EXHAUSTED"
+
+
+def test_a_hung_tts_ends_the_turn_within_the_stall_timeout_and_the_next_turn_works() -> None:
+    stages = FakeStages()
+    stages.tts_hang = True
+
+    async def main() -> tuple[Client, float, float]:
+        c = Client(gateway(stages, stall_timeout_s=3.0))
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        c.send(text=pb.TextInput(text="Hello?"))
+        await c.wait_turns(1)
+        failed_after = loop.time() - t0
+        stages.tts_hang = False
+        c.send(text=pb.TextInput(text="Hello again?"))
+        await c.wait_turns(2)
+        await c.close()
+        return c, failed_after, t0
+
+    c, failed_after, _ = run_virtual(main)
+    first, second = c.of("turn_completed")
+    assert first.outcome == pb.TURN_OUTCOME_FAILED
+    assert 3.0 < failed_after < 5.0, failed_after
+    assert [e.code for e in c.of("error")] == ["DEADLINE_EXCEEDED"]
+    assert "tts" in c.of("error")[0].message
+    assert second.outcome == pb.TURN_OUTCOME_COMPLETED and c.of("audio_out")
+
+
+def test_a_hung_llm_ends_the_turn_within_the_stall_timeout() -> None:
+    stages = FakeStages()
+    stages.llm_hang_after = 2
+
+    async def main() -> Client:
+        c = Client(gateway(stages, stall_timeout_s=2.0))
+        c.send(text=pb.TextInput(text="Hello?"))
+        await c.wait_turns(1)
+        await c.close()
+        return c
+
+    c = run_virtual(main)
+    [done] = c.of("turn_completed")
+    assert done.outcome == pb.TURN_OUTCOME_FAILED
+    assert [(e.code, "llm" in e.message) for e in c.of("error")] == [("DEADLINE_EXCEEDED", True)]
+
+
+def test_vad_stream_reopens_after_the_vad_comes_back() -> None:
+    stages = FakeStages()
+    stages.vad_failures = 3
+
+    async def main() -> Client:
+        c = Client(gateway(stages))
+        await c.speak(silence(5000))  # the VAD is down: its streams fail; the gateway retries about once a second
+        await c.speak(np.concatenate([tone(800), silence(1500)]))
+        await c.wait_turns(1)
+        await c.close()
+        return c
+
+    c = run_virtual(main)
+    assert stages.vad_streams >= 4
+    errors = c.of("error")
+    assert errors and all(e.code == "UNAVAILABLE" for e in errors) and len(errors) <= 2, errors
+    [done] = c.of("turn_completed")
+    assert done.user_text == "heard 800 ms" and done.outcome == pb.TURN_OUTCOME_COMPLETED
+
+
+def test_an_endless_utterance_ends_at_max_utterance_ms() -> None:
+    stages = FakeStages()
+
+    async def main() -> Client:
+        c = Client(gateway(stages, max_utterance_ms=3000))
+        await c.speak(tone(5000))
+        await c.wait_turns(1)
+        await c.close()
+        return c
+
+    c = run_virtual(main)
+    first = c.of("turn_completed")[0]
+    assert first.user_text.startswith("heard ") and 3000 <= int(first.user_text.split()[1]) <= 3400
+
+
+def test_another_tenant_cannot_resume_a_session() -> None:
+    import grpc
+
+    stages = FakeStages()
+
+    async def main() -> tuple[str, BaseException | None, int]:
+        gw = gateway(stages)
+        a = Client(gw, tenant="acme")
+        a.send(text=pb.TextInput(text="My secret is 42."))
+        await a.wait_turns(1)
+        await a.close()
+        sid = a.of("session_started")[0].session_id
+        b = Client(gw, tenant="evil", session_id=sid)
+        b.queue.put_nowait(None)
+        try:
+            await asyncio.wait_for(b.task, 10)
+        except StageError as e:
+            return sid, e, 0
+        again = Client(gw, tenant="acme", session_id=sid)
+        await again.close()
+        return sid, None, len(again.events)
+
+    sid, err, _ = run_virtual(main)
+    assert isinstance(err, StageError) and err.code == grpc.StatusCode.NOT_FOUND
+    assert sid not in err.message
+
+
+def test_oversized_inputs_are_refused_with_what_to_fix() -> None:
+    import grpc
+    import pytest
+
+    from services.gateway.config import validate_config
+
+    stages = FakeStages()
+    s = GatewaySettings(**SETTINGS)  # type: ignore[arg-type]
+    for config, field in [
+        (pb.SessionConfig(turn_detection=pb.TurnDetection(endpoint_ms=2**31 - 1)), "endpoint_ms"),
+        (pb.SessionConfig(tenant="t" * 1000), "tenant"),
+        (pb.SessionConfig(system_prompt="x" * 100_000), "system_prompt"),
+        (pb.SessionConfig(allowed_tools=["wait"] * 100), "allowed_tools"),
+    ]:
+        with pytest.raises(StageError) as info:
+            validate_config(config, s, stages.tool_specs, stages.voices)
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and field in info.value.message
+
+    async def main() -> Client:
+        c = Client(gateway(stages))
+        c.send(text=pb.TextInput(text="x" * 10_000))
+        c.send(feedback=pb.Feedback(comment="y" * 10_000))
+        c.send(text=pb.TextInput(text="Still here?"))
+        await c.wait_turns(1)
+        await c.close()
+        return c
+
+    c = run_virtual(main)
+    assert [e.code for e in c.of("error")] == ["INVALID_ARGUMENT", "INVALID_ARGUMENT"]
+    assert c.of("turn_completed")[0].user_text == "Still here?"

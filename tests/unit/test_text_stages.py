@@ -69,6 +69,14 @@ async def test_tools_builtin() -> None:
         ("calculator", json.dumps({"expression": "1/0"}), InvalidArgument, "division by zero"),
         ("convert_units", json.dumps({"value": 1, "from_unit": "kg", "to_unit": "km"}), InvalidArgument, "cannot"),
         ("current_time", json.dumps({"timezone": "Mars/Base"}), InvalidArgument, "unknown time zone"),
+        # Bounded in time and size: each of these ran for seconds, overflowed or answered INTERNAL before.
+        ("calculator", json.dumps({"expression": "round(1, -1000000000)"}), InvalidArgument, "whole n"),
+        ("calculator", json.dumps({"expression": "999999**999 * 999999**999"}), InvalidArgument, "too large"),
+        ("calculator", json.dumps({"expression": "(-8) ** 0.5"}), InvalidArgument, "not a real number"),
+        ("calculator", json.dumps({"expression": "exp(100000)"}), InvalidArgument, "too large"),
+        ("calculator", json.dumps({"expression": "sqrt(-1)"}), InvalidArgument, "not defined"),
+        ("calculator", json.dumps({"expression": "1e308 * 10"}), InvalidArgument, "too large"),
+        ("calculator", json.dumps({"expression": "round(1, 2, 3)"}), InvalidArgument, "one or two"),
     ],
 )
 async def test_tools_bad_calls(name: str, args: str, exc: type, words: str) -> None:
@@ -80,3 +88,10 @@ async def test_tools_bad_calls(name: str, args: str, exc: type, words: str) -> N
 async def test_tool_timeout() -> None:
     with pytest.raises(DeadlineExceeded):
         await default_registry().execute("wait", json.dumps({"seconds": 1}), timeout_s=0.05)
+
+
+def test_diagnostic_tools_are_off_by_default() -> None:
+    from services.tools.settings import ToolsSettings
+
+    assert ToolsSettings().enable_diagnostic_tools is False
+    assert "wait" not in {t.name for t in default_registry(diagnostic=False).list()}
