@@ -17,3 +17,4 @@ DELIVERED = Counter("stepaudio_convlog_delivered_events_total", "Events acknowle
 SEND_ERRORS = Counter("stepaudio_convlog_send_errors_total", "Failed Kafka sends (they are retried from the spool).")
 QUEUE_DEPTH = Gauge("stepaudio_convlog_queue_depth", "Events waiting in memory between emit() and the spool.")
 KAFKA_UP = Gauge("stepaudio_convlog_kafka_connected", "1 while the producer has a working Kafka connection.")
+CUT = Counter("stepaudio_convlog_cut_events_total", "Events whose long texts were cut to fit max_event_bytes.")

@@ -430,6 +430,11 @@ class ConversationLogger:
                         time.sleep(0)  # hand the GIL to a waiting emit() caller instead of holding it for 5 ms
                     try:
                         ev = self._build(item)
+                        limit = self.settings.max_event_bytes
+                        if ev.ByteSize() > limit and not _fit(ev, limit):
+                            log.error("convlog: event %s is over max_event_bytes even cut; dropped", ev.event_id)
+                            metrics.DROPPED.labels("too_large").inc()
+                            continue
                         payloads.append(encode_record(ev.session_id.encode(), ev.SerializeToString()))
                     except Exception:  # a bad event must not stop logging
                         log.exception("convlog: could not build event; dropped")
@@ -531,9 +536,13 @@ class ConversationLogger:
                         entry[1] = True
                     else:
                         key, value = decode_record(payload)
-                        fut = producer.send(s.topic, key=key, value=value, headers=_HEADERS)
-                        fut.add_callback(self._on_ok, entry)
-                        fut.add_errback(self._on_err, gen)
+                        try:
+                            fut = producer.send(s.topic, key=key, value=value, headers=_HEADERS)
+                        except _PERMANENT as exc:  # this record can never be sent: skip it, never retry forever
+                            _skip(entry, exc)
+                        else:
+                            fut.add_callback(self._on_ok, entry)
+                            fut.add_errback(self._on_err, gen, entry)
                     inflight.append(entry)
                     cursor = nxt
             except Exception as exc:  # metadata timeout (broker down), buffer full, closed producer ...
@@ -549,8 +558,57 @@ class ConversationLogger:
     def _on_ok(entry: list[Any], _metadata: Any) -> None:
         entry[1] = True
 
-    def _on_err(self, gen: int, exc: BaseException) -> None:
-        self._errors.append((gen, exc))
+    def _on_err(self, gen: int, entry: list[Any], exc: BaseException) -> None:
+        if isinstance(exc, _PERMANENT):
+            _skip(entry, exc)  # the broker refused this record for good (too large): the rest goes on
+        else:
+            self._errors.append((gen, exc))
+
+
+def _permanent_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from kafka import errors
+    except ImportError:  # pragma: no cover - kafka-python is a dependency of the serve extra
+        return ()
+    return tuple(getattr(errors, n) for n in ("MessageSizeTooLargeError", "RecordTooLargeError",
+                                                "InvalidRecordError") if hasattr(errors, n))
+
+
+_PERMANENT = _permanent_errors()
+
+
+def _skip(entry: list[Any], exc: BaseException) -> None:
+    log.error("convlog: Kafka refused a record for good (%s); skipped", exc)
+    metrics.DROPPED.labels("too_large").inc()
+    entry[1] = True
+
+
+def _fit(ev: logs_pb2.ConversationEvent, limit: int) -> bool:
+    """Cut the event's longest texts until it serializes within ``limit`` bytes; False if it cannot."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    def strings(msg: Any) -> list[tuple[Any, Any]]:
+        out = []
+        for fd, value in msg.ListFields():
+            if fd.type == FieldDescriptor.TYPE_STRING and fd.label != FieldDescriptor.LABEL_REPEATED:
+                out.append((msg, fd))
+            elif fd.type == FieldDescriptor.TYPE_MESSAGE:
+                for m in value if fd.label == FieldDescriptor.LABEL_REPEATED else [value]:
+                    out.extend(strings(m))
+        return out
+
+    cut = False
+    while ev.ByteSize() > limit:
+        fields = [(m, fd) for m, fd in strings(ev) if len(getattr(m, fd.name)) > 256]
+        if not fields:
+            return False
+        msg, fd = max(fields, key=lambda f: len(getattr(f[0], f[1].name)))
+        text = getattr(msg, fd.name)
+        setattr(msg, fd.name, text[: len(text) // 2] + " [cut]")
+        cut = True
+    if cut:
+        metrics.CUT.inc()
+    return True
 
 
 def read_spooled_events(spool: Spool) -> Sequence[logs_pb2.ConversationEvent]:

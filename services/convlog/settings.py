@@ -53,6 +53,13 @@ class ConvlogSettings(KafkaSecurity, BaseSettings):
         description="Bound of the in-memory queue between emit() and the spool writer; "
         "beyond it emit() drops the event (counted) instead of blocking.",
     )
+    max_event_bytes: int = Field(
+        default=900_000,
+        ge=4096,
+        description="Largest event sent to Kafka (keep below the topic's max.message.bytes, 1 MiB by default); "
+        "longer texts in a bigger event are cut (counted), and an event that still does not fit is dropped "
+        "(counted) rather than retried forever.",
+    )
     max_in_flight: int = Field(default=5_000, ge=1, description="Max events handed to Kafka and not yet acknowledged.")
     delivery_timeout_ms: int = Field(
         default=30_000,

@@ -38,5 +38,8 @@ def channel(target: str, max_message_bytes: int = 8 * 1024 * 1024) -> grpc.aio.C
             ("grpc.keepalive_time_ms", 20000),
             ("grpc.enable_retries", 1),
             ("grpc.service_config", _RETRY_POLICY),
+            # A restarted stage is found again within a second or two (gRPC's default backoff grows to 120 s).
+            ("grpc.initial_reconnect_backoff_ms", 250),
+            ("grpc.max_reconnect_backoff_ms", 2000),
         ],
     )

@@ -207,3 +207,68 @@ def test_rules_deaf_hacking_rating_regenerate():
 def test_redaction_is_linear_on_adversarial_text(text: str) -> None:
     out, _ = redact(text)
     assert len(out) <= len(text) + 16
+
+
+def test_an_oversized_event_is_cut_to_fit(tmp_path) -> None:
+    from services.convlog import ConversationLogger, ConvlogSettings
+    from services.convlog.producer import read_spooled_events
+
+    log = ConversationLogger(ConvlogSettings(spool_dir=tmp_path / "spool", audio_dir=tmp_path / "audio",
+                                             bootstrap_servers="", max_event_bytes=8192)).start()
+    try:
+        log.turn_recorded(session_id="s", turn_id="t", user_transcript="hi", reply_text="word " * 100_000,
+                          consent=True)
+        assert log.flush(10)
+        [ev] = read_spooled_events(log.spool)
+    finally:
+        log.close()
+    assert ev.ByteSize() <= 8192
+    assert ev.turn_recorded.reply_text.endswith("[cut]") and ev.turn_recorded.user_transcript == "hi"
+
+
+def test_a_record_kafka_refuses_for_good_is_skipped_not_retried_forever(tmp_path) -> None:
+    from kafka.errors import MessageSizeTooLargeError
+
+    from services.convlog import ConversationLogger, ConvlogSettings
+
+    sent: list[bytes] = []
+
+    class Future:
+        def __init__(self, error: BaseException | None) -> None:
+            self.error = error
+
+        def add_callback(self, fn, *args):
+            if self.error is None:
+                fn(*args, None)
+            return self
+
+        def add_errback(self, fn, *args):
+            if self.error is not None:
+                fn(*args, self.error)
+            return self
+
+    class Producer:
+        def __init__(self, **_kw) -> None:
+            pass
+
+        def send(self, topic, key, value, headers):
+            if b"refuse-sync" in value:
+                raise MessageSizeTooLargeError("over max_request_size")
+            if b"refuse-async" in value:
+                return Future(MessageSizeTooLargeError("broker: message too large"))
+            sent.append(value)
+            return Future(None)
+
+        def close(self, timeout=None) -> None:
+            pass
+
+    log = ConversationLogger(ConvlogSettings(spool_dir=tmp_path / "spool", audio_dir=tmp_path / "audio",
+                                             bootstrap_servers="broker:9092"), producer_factory=Producer).start()
+    try:
+        for text in ("first", "refuse-sync", "refuse-async", "last"):
+            log.turn_recorded(session_id="s", turn_id=text, user_transcript=text, reply_text=text, consent=True)
+        assert log.flush(10), log.stats()
+    finally:
+        log.close()
+    assert [v for v in sent if b"first" in v] and [v for v in sent if b"last" in v]
+    assert log.send_errors == 0  # the refused records did not reset the producer

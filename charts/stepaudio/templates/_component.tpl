@@ -115,6 +115,20 @@ spec:
               value: /var/lib/stepaudio/convlog/audio
             - name: STEPAUDIO_GATEWAY_MAX_SESSIONS
               value: {{ $c.maxSessions | quote }}
+            - name: STEPAUDIO_GATEWAY_MAX_REALTIME_FACTOR
+              value: {{ $c.limits.maxRealtimeFactor | quote }}
+            - name: STEPAUDIO_GATEWAY_MAX_AUDIO_BURST_MS
+              value: {{ $c.limits.maxAudioBurstMs | quote }}
+            - name: STEPAUDIO_GATEWAY_MAX_UTTERANCE_MS
+              value: {{ $c.limits.maxUtteranceMs | quote }}
+            - name: STEPAUDIO_GATEWAY_MAX_SESSION_S
+              value: {{ $c.limits.maxSessionSeconds | quote }}
+            - name: STEPAUDIO_GATEWAY_MAX_PENDING_EVENTS
+              value: {{ $c.limits.maxPendingEvents | quote }}
+            - name: STEPAUDIO_GATEWAY_MAX_TEXT_CHARS
+              value: {{ $c.limits.maxTextChars | quote }}
+            - name: STEPAUDIO_GATEWAY_STALL_TIMEOUT_S
+              value: {{ $c.limits.stallTimeoutSeconds | quote }}
             {{- if $v.redis.existingSecret }}
             - name: STEPAUDIO_GATEWAY_REDIS_URL
               valueFrom:
