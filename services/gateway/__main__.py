@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import structlog
 
 from services.gateway.server import SERVICE_NAME, ConversationServicer
@@ -35,9 +37,16 @@ def build(settings: GatewaySettings | None = None) -> GrpcServer:
     async def on_drain() -> None:
         await servicer.drain()
 
+    async def on_stopped() -> None:
+        """After the drain: the live sessions' last events (session_ended) are in the log; flush and close it."""
+        if convlog is not None:
+            await asyncio.to_thread(convlog.close)
+        await stages.close()
+        await store.close()
+
     spec = ServiceSpec(SERVICE_NAME, conversation_pb2_grpc.add_ConversationServiceServicer_to_server, servicer)
     return GrpcServer("gateway", settings, [spec], warmup, on_drain, dependencies_down=stages.down,
-                      dependency_check_s=settings.dependency_check_s)
+                      dependency_check_s=settings.dependency_check_s, on_stopped=on_stopped)
 
 
 if __name__ == "__main__":

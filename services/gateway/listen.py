@@ -169,7 +169,8 @@ class AsrStream:
     def cancel(self) -> None:
         if not self._final.done():
             self._final.cancel()
-        self._task.cancel()
+        if not self._task.done():
+            self._task.cancel()
 
 
 async def transcribe_once(stages: Stages, config: tokenizer_pb2.TranscribeConfig,
@@ -178,4 +179,7 @@ async def transcribe_once(stages: Stages, config: tokenizer_pb2.TranscribeConfig
     asr = AsrStream(stages, config, None)
     for i in range(0, len(audio), 64000):
         asr.feed(audio[i:i + 64000])
-    return await asr.finish()
+    try:
+        return await asr.finish()
+    finally:
+        asr.cancel()  # no-op once the final arrived; stops the stream when the caller gave up

@@ -553,6 +553,8 @@ class Session:
         try:
             final = await asyncio.wait_for(final_, self.settings.asr_timeout_s)
         except TimeoutError:
+            if asr is not None:
+                asr.cancel()
             raise StageError(f"asr: no final transcript within {self.settings.asr_timeout_s:g} s",
                              grpc.StatusCode.DEADLINE_EXCEEDED) from None
         reply.user_text, reply.confidence = final.text.strip(), final.confidence

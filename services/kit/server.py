@@ -63,9 +63,11 @@ class GrpcServer:
         on_drain: Callable[[], Awaitable[None]] | None = None,
         dependencies_down: Callable[[], Awaitable[list[str]]] | None = None,
         dependency_check_s: float = 2.0,
+        on_stopped: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """``dependencies_down`` (optional) names the required dependencies that are down now; while it names
-        any, health is NOT_SERVING (checked every ``dependency_check_s`` after warm-up)."""
+        any, health is NOT_SERVING (checked every ``dependency_check_s`` after warm-up). ``on_stopped`` runs once
+        the server has stopped (the drain is over): close clients, flush logs."""
         self.name = name
         self.settings = settings
         self.specs = specs
@@ -76,6 +78,7 @@ class GrpcServer:
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self._stopped = asyncio.Event()
+        self._on_stopped = on_stopped
         self._dependencies_down = dependencies_down
         self._dependency_check_s = dependency_check_s
         self._watch: asyncio.Task | None = None
@@ -137,6 +140,11 @@ class GrpcServer:
         if self._on_drain is not None:
             await self._on_drain()
         await self.server.stop(self.settings.drain_grace_s if grace is None else grace)
+        if self._on_stopped is not None:
+            try:
+                await self._on_stopped()
+            except Exception:  # noqa: BLE001 - the process exits anyway; say what was not closed
+                log.exception("shutdown hook failed")
         self.telemetry.shutdown()
         self._stopped.set()
 

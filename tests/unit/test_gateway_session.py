@@ -470,3 +470,19 @@ def test_oversized_inputs_are_refused_with_what_to_fix() -> None:
     c = run_virtual(main)
     assert [e.code for e in c.of("error")] == ["INVALID_ARGUMENT", "INVALID_ARGUMENT"]
     assert c.of("turn_completed")[0].user_text == "Still here?"
+
+
+def test_a_hung_asr_fails_the_turn_after_asr_timeout_s() -> None:
+    stages = FakeStages(asr_s=1000.0)
+
+    async def main() -> Client:
+        c = Client(gateway(stages, asr_timeout_s=2.0))
+        await c.speak(np.concatenate([tone(800), silence(1000)]))
+        await c.wait_turns(1)
+        await c.close()
+        return c
+
+    c = run_virtual(main)
+    [done] = c.of("turn_completed")
+    assert done.outcome == pb.TURN_OUTCOME_FAILED
+    assert [(e.code, "asr" in e.message) for e in c.of("error")] == [("DEADLINE_EXCEEDED", True)]
