@@ -16,5 +16,9 @@ SPOOLED = Counter("stepaudio_convlog_spooled_events_total", "Events written to t
 DELIVERED = Counter("stepaudio_convlog_delivered_events_total", "Events acknowledged by Kafka (acks=all).")
 SEND_ERRORS = Counter("stepaudio_convlog_send_errors_total", "Failed Kafka sends (they are retried from the spool).")
 QUEUE_DEPTH = Gauge("stepaudio_convlog_queue_depth", "Events waiting in memory between emit() and the spool.")
-KAFKA_UP = Gauge("stepaudio_convlog_kafka_connected", "1 while the producer has a working Kafka connection.")
+KAFKA_UP = Gauge("stepaudio_convlog_kafka_connected",
+                 "1 while Kafka acknowledges events; 0 when it is unreachable or has acknowledged nothing pending "
+                 "for request_timeout_ms.")
+DELIVERY_LAG = Gauge("stepaudio_convlog_delivery_lag_seconds",
+                     "Seconds since Kafka last acknowledged an event while events are pending (0 when none are).")
 CUT = Counter("stepaudio_convlog_cut_events_total", "Events whose long texts were cut to fit max_event_bytes.")

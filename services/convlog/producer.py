@@ -479,6 +479,7 @@ class ConversationLogger:
         gen = 0
         inflight: collections.deque[list[Any]] = collections.deque()
         cursor = spool.acked_position()
+        progress_at = time.monotonic()  # last ack, or when the spool last had nothing pending
 
         def reset(why: BaseException | str) -> None:
             nonlocal producer, gen, cursor
@@ -522,6 +523,12 @@ class ConversationLogger:
                 self.delivered += n
                 metrics.DELIVERED.inc(n)
                 metrics.KAFKA_UP.set(1)
+            if last is not None or not spool.pending:
+                progress_at = time.monotonic()
+            lag = time.monotonic() - progress_at
+            metrics.DELIVERY_LAG.set(lag if spool.pending else 0.0)
+            if spool.pending and lag * 1000 > s.request_timeout_ms:
+                metrics.KAFKA_UP.set(0)  # buffered sends are not the same as a live broker
             spool.maybe_sync()
             room = s.max_in_flight - len(inflight)
             recs = spool.read(cursor, min(500, room)) if room > 0 and not self._stop.is_set() else []

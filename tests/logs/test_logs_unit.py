@@ -272,3 +272,42 @@ def test_a_record_kafka_refuses_for_good_is_skipped_not_retried_forever(tmp_path
         log.close()
     assert [v for v in sent if b"first" in v] and [v for v in sent if b"last" in v]
     assert log.send_errors == 0  # the refused records did not reset the producer
+
+
+def test_connectivity_and_lag_metrics_tell_the_truth_when_kafka_acknowledges_nothing(tmp_path) -> None:
+    import time
+
+    from prometheus_client import REGISTRY
+
+    from services.convlog import ConversationLogger, ConvlogSettings
+
+    class Silent:  # a broker that takes sends and never acknowledges (unreachable behind a buffer)
+        def add_callback(self, *a):
+            return self
+
+        def add_errback(self, *a):
+            return self
+
+    class Producer:
+        def __init__(self, **_kw) -> None:
+            pass
+
+        def send(self, *a, **kw):
+            return Silent()
+
+        def close(self, timeout=None) -> None:
+            pass
+
+    log = ConversationLogger(ConvlogSettings(spool_dir=tmp_path / "spool", audio_dir=tmp_path / "audio",
+                                             bootstrap_servers="broker:9092", request_timeout_ms=1000),
+                             producer_factory=Producer).start()
+    try:
+        log.session_ended(session_id="s", turn_count=0)
+        deadline = time.monotonic() + 20
+        while REGISTRY.get_sample_value("stepaudio_convlog_kafka_connected") != 0.0 or (
+                REGISTRY.get_sample_value("stepaudio_convlog_delivery_lag_seconds") or 0) < 1.0:
+            assert time.monotonic() < deadline, "connectivity never dropped to 0"
+            time.sleep(0.1)
+    finally:
+        log._stop.set()
+        log.close(timeout_s=1)
