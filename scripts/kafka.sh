@@ -119,8 +119,14 @@ cmd_start() {
   write_config "$port" "$cport" "$data"
   if [[ ! -f "$data/logs/meta.properties" ]]; then
     local cluster_id
-    cluster_id="$("$PYTHON" -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))' 2>/dev/null \
-      || python3 -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')"
+    # A base64url UUID as Kafka wants it, never starting with "-" (the storage tool would read it as an option:
+    # one start in 64 failed with "--cluster-id expected one argument").
+    local gen='import base64,uuid
+while True:
+    c = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if c[0] != "-":
+        print(c); break'
+    cluster_id="$("$PYTHON" -c "$gen" 2>/dev/null || python3 -c "$gen")"
     java_cmd "$data" kafka.tools.StorageTool format -t "$cluster_id" -c "$data/server.properties" \
       > "$data/format.log" 2>&1 || { cat "$data/format.log" >&2; die "storage format failed"; }
   fi

@@ -245,13 +245,12 @@ class HiFTGenerator(nn.Module):
 
 
 def load_hift(path: str | Path, device: str | torch.device = "cpu", cfg: HiFTConfig | None = None) -> HiFTGenerator:
-    """Load ``hift.pt`` with ``weights_only=True``, strict key matching. bf16 on CUDA, fp32 on CPU."""
+    """Load ``hift.pt`` with ``weights_only=True``, strict key matching. fp32 on every device: the reference casts
+    only the flow model to bf16 on CUDA and keeps HiFT (and so the waveform) in fp32."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p} is missing")
     state = torch.load(str(p), map_location="cpu", weights_only=True)
     model = HiFTGenerator(cfg)
     model.load_state_dict(state, strict=True)
-    device = torch.device(device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    return model.to(device=device, dtype=dtype).eval()
+    return model.to(device=torch.device(device), dtype=torch.float32).eval()

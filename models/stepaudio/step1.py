@@ -282,6 +282,7 @@ class Step1ForCausalLM(nn.Module):
         max_new_tokens: int = 2048,
         temperature: float = 0.7,
         top_p: float = 1.0,
+        top_k: int = 0,
         eos_token_id: int | Sequence[int] = EOT_ID,
         repetition_guard: bool = False,
         max_length: int | None = None,
@@ -292,6 +293,7 @@ class Step1ForCausalLM(nn.Module):
 
         ``temperature <= 0`` means greedy. ``repetition_guard`` applies the TTS-3B rule: ban the last token
         when it appears more than once in the last 10 tokens. ``max_length`` caps prompt + generated tokens.
+        Sampling follows transformers' order: processors (guard, hook), then temperature, top-k, top-p.
         """
         if not prompt_ids:
             raise ValueError("prompt_ids must not be empty")
@@ -309,7 +311,7 @@ class Step1ForCausalLM(nn.Module):
                 scores = apply_repetition_guard(scores, history)
             if logits_hook is not None:
                 scores = logits_hook(scores, history)
-            tok = sample_token(scores, temperature, top_p, generator)
+            tok = sample_token(scores, temperature, top_p, generator, top_k=top_k)
             if tok in eos:
                 return
             history.append(tok)
@@ -334,12 +336,18 @@ def apply_repetition_guard(scores: torch.Tensor, history: Sequence[int], window:
 
 
 def sample_token(
-    scores: torch.Tensor, temperature: float, top_p: float = 1.0, generator: torch.Generator | None = None
+    scores: torch.Tensor, temperature: float, top_p: float = 1.0, generator: torch.Generator | None = None,
+    top_k: int = 0,
 ) -> int:
-    """Sample from 1-D logits with temperature and nucleus (top-p) filtering; greedy when temperature <= 0."""
+    """Sample from 1-D logits: temperature, then top-k (0 = off), then nucleus (top-p) filtering, as transformers'
+    warpers do; greedy when temperature <= 0."""
     if temperature <= 0:
         return int(torch.argmax(scores).item())
-    probs = torch.softmax(scores.float() / temperature, dim=-1)
+    scaled = scores.float() / temperature
+    if 0 < top_k < scaled.numel():
+        kth = torch.topk(scaled, top_k).values[-1]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    probs = torch.softmax(scaled, dim=-1)
     if top_p < 1.0:
         sorted_p, idx = torch.sort(probs, descending=True)
         cum = torch.cumsum(sorted_p, dim=-1)

@@ -161,7 +161,7 @@ class Token2WavStream:
             return None
         hop = self.e.hift.cfg.hop
         ctx_start = max(0, self.voc_done - self.voc_ctx)
-        m = torch.as_tensor(mel[:, ctx_start:stop], device=self.e.device)[None]
+        m = torch.as_tensor(mel[:, ctx_start:stop], dtype=torch.float32, device=self.e.device)[None]  # HiFT: fp32
         cache = None
         if self.prev_source is not None and ctx_start < self.voc_done:
             cache = self.prev_source[:, :, (ctx_start * hop) :]

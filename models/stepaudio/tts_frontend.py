@@ -1,12 +1,13 @@
 """Step-Audio-TTS-3B prompt building and instruction-tag parsing.
 
-Prompt layout (one-shot voice turn, token ids BOS 1, EOT 3, BOT 4)::
+Prompt layout (one-shot voice turn, token ids BOS 1, EOT 3, BOT 4), as the reference builds it: its tokenizer
+adds BOS to every ``encode()``, so each role segment starts BOS after BOT (texts after a newline do not)::
 
-    [BOS] [BOT] system\\n{system prompt} [EOT]
-          [BOT] human\\n{prompt transcript} [EOT]
-          [BOT] assistant\\n{prompt audio tokens (65536+X)} [EOT]
-          [BOT] human\\n{target text, tags included} [EOT]
-          [BOT] assistant\\n            -> generation continues with audio tokens
+    [BOS] [BOT] [BOS] system\\n{system prompt} [EOT]
+          [BOT] [BOS] human\\n{prompt transcript} [EOT]
+          [BOT] [BOS] assistant\\n{prompt audio tokens (65536+X)} [EOT]
+          [BOT] [BOS] human\\n{target text, tags included} [EOT]
+          [BOT] [BOS] assistant\\n            -> generation continues with audio tokens
 
 Leading instruction tags in ASCII ``()`` or full-width ``（）`` parentheses, possibly chained, steer emotion,
 language/dialect, speed and music mode. RAP / 哼唱 switch the system prompt, the voice (``{voice}{tag}``) and
@@ -149,9 +150,9 @@ def build_prompt(
     """
     instruction = parse_instructions(text)
     sys_text = system_prompt(instruction, speaker)
-    human = encoder.encode("human\n")
-    assistant = encoder.encode("assistant\n")
-    ids = [BOS_ID, BOT_ID, *encoder.encode(f"system\n{sys_text}"), EOT_ID]
+    human = [BOS_ID, *encoder.encode("human\n")]  # the reference's encode() adds BOS to each role segment
+    assistant = [BOS_ID, *encoder.encode("assistant\n")]
+    ids = [BOS_ID, BOT_ID, BOS_ID, *encoder.encode(f"system\n{sys_text}"), EOT_ID]
     ids += [BOT_ID, *human, *_strip_prefix(encoder, prompt_text), EOT_ID]
     ids += [BOT_ID, *assistant, *[int(i) for i in prompt_audio_ids], EOT_ID]
     ids += [BOT_ID, *human, *_strip_prefix(encoder, text), EOT_ID]

@@ -30,17 +30,23 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--until", required=True, help="ISO-8601 end (exclusive)")
     ex.add_argument("--out", required=True, help="output directory")
     ex.add_argument("--dataset", default=None, help="dataset dir (default STEPAUDIO_RLHF_DATASET_DIR)")
+    ex.add_argument("--format", choices=["pairs", "dpo"], default="pairs",
+                    help="pairs: PreferencePair JSONL shards; dpo: prompt/chosen/rejected JSONL + Parquet (TRL)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
     settings = RlhfSettings()
     if a.cmd == "export":
-        from services.rlhf.store import export
+        from services.rlhf.store import export, export_dpo
 
         try:
             since, until = _ns(a.since), _ns(a.until)
         except ValueError as exc:
             ap.error(f"--since/--until must be ISO-8601 times: {exc}")
+        if a.format == "dpo":
+            m = export_dpo(a.dataset or settings.dataset_dir, a.out, since, until)
+            print(f"exported {m['counts']['rows']} DPO rows to {a.out}")
+            return 0
         m = export(a.dataset or settings.dataset_dir, a.out, since, until, settings.shard_max_pairs)
         print(f"exported {m['counts']['pairs']} pairs in {m['counts']['shards']} shards to {a.out}")
         return 0

@@ -264,3 +264,63 @@ def export(
     }
     write_json_atomic(out / "manifest.json", manifest)
     return manifest
+
+
+def dpo_rows(pair_lines: Iterable[str]) -> tuple[list[dict[str, Any]], int]:
+    """Rows in the layout preference trainers read (TRL's DPOTrainer, conversational): ``prompt``, ``chosen``,
+    ``rejected`` as message lists, plus the pair's id, reason and audio references. Pairs without a chosen reply
+    (a rejected-only deaf-hacking example) have no DPO row; their count is returned."""
+    rows, skipped = [], 0
+    for line in pair_lines:
+        p = json.loads(line)
+        if "chosen" not in p or "rejected" not in p:
+            skipped += 1
+            continue
+        rows.append({
+            "prompt": [{"role": "user", "content": p.get("prompt_text", "")}],
+            "chosen": [{"role": "assistant", "content": p["chosen"].get("text", "")}],
+            "rejected": [{"role": "assistant", "content": p["rejected"].get("text", "")}],
+            "pair_id": p.get("pair_id", ""),
+            "reason": p.get("reason", ""),
+            "prompt_audio": p.get("prompt_audio", {}).get("uri", ""),
+            "chosen_audio": p["chosen"].get("audio", {}).get("uri", ""),
+            "rejected_audio": p["rejected"].get("audio", {}).get("uri", ""),
+        })
+    return rows, skipped
+
+
+def export_dpo(dataset_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], since_ns: int,
+               until_ns: int) -> dict[str, Any]:
+    """Export a time range as ``dpo.jsonl`` and ``dpo.parquet`` (see :func:`dpo_rows`) with a manifest."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = Path(dataset_dir)
+    if not (src / "state.sqlite").exists():
+        raise FileNotFoundError(f"no dataset at {src} (state.sqlite missing)")
+    db = sqlite3.connect(src / "state.sqlite")
+    try:
+        lines = [r[0] for r in db.execute(
+            "SELECT json FROM pairs WHERE shard IS NOT NULL AND occurred_ns >= ? AND occurred_ns < ? "
+            "ORDER BY occurred_ns, pair_id", (since_ns, until_ns))]
+    finally:
+        db.close()
+    rows, skipped = dpo_rows(lines)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n, size, sha = write_shard(out / "dpo.jsonl", (json.dumps(r, ensure_ascii=False, sort_keys=True) for r in rows))
+    message = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+    schema = pa.schema([("prompt", message), ("chosen", message), ("rejected", message), ("pair_id", pa.string()),
+                        ("reason", pa.string()), ("prompt_audio", pa.string()), ("chosen_audio", pa.string()),
+                        ("rejected_audio", pa.string())])
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), out / "dpo.parquet")
+    manifest = {
+        "dataset": "stepaudio-preference-pairs",
+        "format": "TRL DPO (conversational): prompt / chosen / rejected message lists; dpo.jsonl and dpo.parquet",
+        "source": str(src.resolve()),
+        "query": {"since": iso(since_ns), "until": iso(until_ns)},
+        "counts": {"rows": n, "skipped_without_chosen": skipped},
+        "files": [{"name": "dpo.jsonl", "bytes": size, "sha256": sha}, {"name": "dpo.parquet"}],
+    }
+    write_json_atomic(out / "manifest.json", manifest)
+    return manifest

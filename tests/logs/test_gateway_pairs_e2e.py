@@ -127,3 +127,20 @@ async def test_pairs_from_gateway_traffic_survive_collector_and_broker_kills(
     assert all(p["chosen"].get("alternative_index", 0) == 1 and p["rejected"].get("alternative_index", 0) == 0
                for p in lines)
     assert counters.get("events") == sent  # every event the gateway logged, once
+
+    # The trainer-ready export: TRL's DPO layout as JSONL and Parquet, for the run's time range.
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "dpo"
+    r = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "services.rlhf", "export", "--format", "dpo", "--dataset",
+                         str(tmp_path / "ds"), "--since", "2000-01-01T00:00:00Z", "--until", "2100-01-01T00:00:00Z",
+                         "--out", str(out)], cwd=ROOT_HINT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    table = pq.read_table(out / "dpo.parquet").to_pylist()
+    assert len(table) == len(turns)
+    for row in table:
+        assert row["prompt"][0]["role"] == "user" and row["prompt"][0]["content"] in QUESTIONS
+        assert row["chosen"][0]["role"] == row["rejected"][0]["role"] == "assistant"
+        assert row["chosen"][0]["content"] and row["rejected"][0]["content"]
+    assert len((out / "dpo.jsonl").read_text().splitlines()) == len(turns)

@@ -104,3 +104,11 @@ def test_repetition_guard() -> None:
     s = torch.full((10,), -1e9)
     s[7] = 0.0
     assert sample_token(s, 0.7, 0.9, torch.Generator().manual_seed(0)) == 7
+
+
+def test_top_k_keeps_only_the_k_best_tokens() -> None:
+    s = torch.tensor([0.0, 5.0, 4.9, 4.8, -1.0])
+    g = torch.Generator().manual_seed(0)
+    picks = {sample_token(s, 10.0, 1.0, g, top_k=2) for _ in range(200)}
+    assert picks == {1, 2}  # a hot temperature would reach every token without top-k
+    assert {sample_token(s, 10.0, 1.0, g) for _ in range(200)} == {0, 1, 2, 3, 4}

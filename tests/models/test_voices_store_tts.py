@@ -65,12 +65,42 @@ def test_parse_instructions() -> None:
 def test_build_prompt_layout() -> None:
     enc = CharEncoder()
     ids = build_prompt(enc, "(高兴1)你好", "提示", [65536, 66560, 65537], speaker="Tingting")
-    assert ids[:2] == [1, 4]
-    assert ids[-len(enc.encode("assistant\n")) - 1 :] == [4, *enc.encode("assistant\n")]
-    assert ids.count(3) == 4 and ids.count(4) == 5
-    seg = ids[ids.index(65536) - len(enc.encode("assistant\n")) - 1 :]
-    assert seg[: len(enc.encode("assistant\n")) + 1] == [4, *enc.encode("assistant\n")]
+    assert ids[:3] == [1, 4, 1]
+    assert ids[-len(enc.encode("assistant\n")) - 2 :] == [4, 1, *enc.encode("assistant\n")]
+    assert ids.count(3) == 4 and ids.count(4) == 5 and ids.count(1) == 6
+    seg = ids[ids.index(65536) - len(enc.encode("assistant\n")) - 2 :]
+    assert seg[: len(enc.encode("assistant\n")) + 2] == [4, 1, *enc.encode("assistant\n")]
     assert "[Tingting]" in "".join(chr(i - 100) for i in ids if 100 <= i < 65536)
+
+
+class BosEncoder(CharEncoder):
+    """The reference's tokenizer behaviour: every ``encode()`` starts with BOS (1)."""
+
+    def encode(self, text: str) -> list[int]:
+        return [1, *super().encode(text)]
+
+
+def reference_tokenize(
+    enc: BosEncoder, sys_prompt: str, text: str, prompt_text: str, prompt_code: list[int]
+) -> list[int]:
+    """The reference's ``StepAudioTTS.tokenize`` (stepfun-ai/Step-Audio a52b94d, tts.py), restated call by call."""
+    history = [1, 4, *enc.encode(f"system\n{sys_prompt}"), 3]
+    prefix = enc.encode("\n")
+    prompt_tokens = enc.encode("\n" + prompt_text)[len(prefix):]
+    target_tokens = enc.encode("\n" + text)[len(prefix):]
+    q, a = enc.encode("human\n"), enc.encode("assistant\n")
+    return history + [4, *q, *prompt_tokens, 3, 4, *a, *prompt_code, 3, 4, *q, *target_tokens, 3, 4, *a]
+
+
+@pytest.mark.parametrize(("text", "speaker"), [("(高兴1)你好", "Tingting"), ("Hello there.", "Tingting"),
+                                               ("(RAP)yo yo", "Tingting"), ("clone me", None)])
+def test_prompt_ids_equal_the_reference_tokenizer_calls(text: str, speaker: str | None) -> None:
+    from models.stepaudio.tts_frontend import parse_instructions, system_prompt
+
+    code = [65536, 66560, 65537]
+    ours = build_prompt(CharEncoder(), text, "提示文本", code, speaker=speaker)
+    sys_text = system_prompt(parse_instructions(text), speaker)
+    assert ours == reference_tokenize(BosEncoder(), sys_text, text, "提示文本", code)
 
 
 class _Entry:

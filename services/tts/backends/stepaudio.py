@@ -64,6 +64,8 @@ class StepAudioTtsOptions(BaseSettings):
     device: str = Field(default="auto", description="torch device for TTS-3B, flow and HiFT: auto, cpu, cuda[:N].")
     temperature: float = Field(default=0.7, description="TTS-3B sampling temperature (reference 0.7).")
     top_p: float = Field(default=1.0, description="TTS-3B nucleus sampling threshold (reference: off, 1.0).")
+    top_k: int = Field(default=50, ge=0, description="TTS-3B top-k sampling (reference: transformers' default 50; "
+                                                     "0 = off).")
     max_length: int = Field(default=8192, description="Prompt + generated tokens cap (reference 8192).")
     max_new_tokens: int = Field(
         default=2048, description="Most audio tokens per phrase (41.7 per second of speech: 2048 is about 49 s)."
@@ -258,7 +260,7 @@ class StepAudioTts(TtsBackend):
 
         return self.lm.generate_stream(  # type: ignore[return-value]  # a generator function
             plan.input_ids, max_new_tokens=self.opts.max_new_tokens, temperature=self.opts.temperature,
-            top_p=self.opts.top_p, repetition_guard=True, max_length=self.opts.max_length,
+            top_p=self.opts.top_p, top_k=self.opts.top_k, repetition_guard=True, max_length=self.opts.max_length,
             generator=torch.Generator().manual_seed(seed), logits_hook=self._audio_only,
         )
 
