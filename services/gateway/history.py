@@ -19,13 +19,13 @@ class History:
     def messages_kept(self) -> list[dict[str, str]]:
         return self.stored.history
 
-    def prompt(self, system: str, user_text: str, max_messages: int) -> list[llm_pb2.ChatMessage]:
-        """System prompt, the last ``max_messages`` of history, then the user's turn."""
+    def prompt(self, system: str, user: llm_pb2.ContentPart, max_messages: int) -> list[llm_pb2.ChatMessage]:
+        """System prompt, the last ``max_messages`` of history (text), then the user's turn (text or audio tokens)."""
         msgs = [llm_pb2.ChatMessage(role=llm_pb2.ROLE_SYSTEM, content=[llm_pb2.ContentPart(text=system)])]
         recent = self.stored.history[-max_messages:] if max_messages > 0 else []
         for m in recent:
             msgs.append(llm_pb2.ChatMessage(role=_ROLES[m["role"]], content=[llm_pb2.ContentPart(text=m["text"])]))
-        msgs.append(llm_pb2.ChatMessage(role=llm_pb2.ROLE_USER, content=[llm_pb2.ContentPart(text=user_text)]))
+        msgs.append(llm_pb2.ChatMessage(role=llm_pb2.ROLE_USER, content=[user]))
         return msgs
 
     def add_exchange(self, user_text: str, spoken: str) -> None:

@@ -173,6 +173,39 @@ class AsrStream:
             self._task.cancel()
 
 
+class TokenStream:
+    """One Tokenize stream over an utterance: feed audio; ``finish()`` half-closes and returns every token id."""
+
+    def __init__(self, stages: Stages, rate: int) -> None:
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        config = tokenizer_pb2.TokenizeConfig(format=audio_pb2.AudioFormat(sample_rate_hz=rate))
+        requests = queue_stream(tokenizer_pb2.TokenizeRequest(config=config), self._queue,
+                                lambda d: tokenizer_pb2.TokenizeRequest(audio=audio_pb2.AudioChunk(data=d)))
+        self._task = asyncio.create_task(self._collect(stages.tokenize(requests)))
+
+    @staticmethod
+    async def _collect(responses: AsyncGenerator[tokenizer_pb2.TokenizeResponse, None]) -> list[int]:
+        ids: list[int] = []
+        async with contextlib.aclosing(responses):
+            async for resp in responses:
+                ids.extend(resp.tokens.ids)
+                if resp.is_final:
+                    return ids
+        raise StageError("tokenizer: the stream ended without its final tokens")
+
+    def feed(self, data: bytes) -> None:
+        if data:
+            self._queue.put_nowait(data)
+
+    async def finish(self) -> list[int]:
+        self._queue.put_nowait(None)
+        return await asyncio.shield(self._task)
+
+    def cancel(self) -> None:
+        if not self._task.done():
+            self._task.cancel()
+
+
 async def transcribe_once(stages: Stages, config: tokenizer_pb2.TranscribeConfig,
                           audio: bytes) -> tokenizer_pb2.TranscribeResponse:
     """The final transcript of a whole utterance (no partials)."""

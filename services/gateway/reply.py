@@ -28,6 +28,7 @@ class Timings:
     """Durations of one turn, in ms; None where the turn did not get that far."""
 
     asr_ms: float | None = None  # final transcript after the end of speech (or the endpoint)
+    tokenize_ms: float | None = None  # the utterance's last dual tokens after the end of speech (audio_tokens input)
     llm_first_token_ms: float | None = None  # LLM request to its first text token
     llm_total_ms: float | None = None  # LLM request(s) to the last token, tool rounds included
     tts_first_chunk_ms: float | None = None  # first text to TTS to its first audio
@@ -66,6 +67,8 @@ class Reply:
     user_text: str = ""
     confidence: float = 0.0
     user_audio: bytes = b""
+    user_tokens: list[int] = field(default_factory=list)  # the turn as dual tokens (llm_input=audio_tokens)
+    transcribing: asyncio.Task | None = None  # the transcript, made beside the LLM call when it hears tokens
     text: str = ""
     tool_calls: list[ToolRecord] = field(default_factory=list)
     timings: Timings = field(default_factory=Timings)

@@ -29,7 +29,7 @@ from opentelemetry import trace
 from services.gateway import report
 from services.gateway.config import tool_definitions
 from services.gateway.history import History
-from services.gateway.listen import AsrStream, AudioBuffer, InputClock, VadStream, transcribe_once
+from services.gateway.listen import AsrStream, AudioBuffer, InputClock, TokenStream, VadStream, transcribe_once
 from services.gateway.playout import Playout
 from services.gateway.reply import Outcome, Reply, ToolRecord
 from services.gateway.report import ConversationReport, Regeneration
@@ -53,7 +53,7 @@ from services.gateway.turns import (
 from services.kit.errors import InvalidArgument, StageError
 from services.kit.streams import queue_stream
 from services.kit.telemetry import tracer
-from stepaudio.common.v1 import audio_pb2
+from stepaudio.common.v1 import audio_pb2, tokens_pb2
 from stepaudio.conversation.v1 import conversation_pb2 as pb
 from stepaudio.llm.v1 import llm_pb2
 from stepaudio.tokenizer.v1 import tokenizer_pb2
@@ -213,6 +213,8 @@ class Session:
         self.buffer = AudioBuffer(self.rate)
         self.window: Window | None = None
         self.asr: AsrStream | None = None
+        self.tokens: TokenStream | None = None  # the utterance's dual tokens (llm_input=audio_tokens)
+        self.hears_tokens = settings.llm_input == "audio_tokens"
         self.utterance_start_ms = 0.0
         self.pending: Reply | None = None  # speculative reply not yet committed
         self.replies: list[Reply] = []  # committed replies still running (normally one)
@@ -269,6 +271,8 @@ class Session:
         self.buffer.append(data, keep_silence=listening)
         if listening and self.asr is not None:
             self.asr.feed(data)
+        if listening and self.tokens is not None:
+            self.tokens.feed(data)
         if listening and self.input.ms - self.utterance_start_ms > self.settings.max_utterance_ms:
             # The longest utterance the gateway holds: the turn ends here.
             for decision in self.turns.end_of_input(self.input.ms):
@@ -300,7 +304,7 @@ class Session:
         reply = Reply(turn_id, span, now(), Playout(self.settings.output_lead_ms), user_text=text,
                       started_at=now())
         reply.timings.endpoint_ms = 0.0
-        self.start(reply, None, b"")
+        self.start(reply, None, None, b"")
         self.commit(reply)
 
     def on_interrupt(self, played_ms: int) -> None:
@@ -454,8 +458,12 @@ class Session:
             partial_results=interval > 0, partial_interval_ms=interval, full_window=self.settings.asr_full_window)
 
     def restart_asr(self) -> None:
-        """A fresh incremental ASR stream over the utterance so far (partials go to the client)."""
+        """Fresh listening streams over the utterance so far: incremental ASR (partials go to the client) and, when
+        the LLM hears audio, the Tokenize stream."""
         self.drop_asr()
+        if self.hears_tokens:
+            self.tokens = TokenStream(self.stages, self.rate)
+            self.tokens.feed(self.buffer.since(self.utterance_start_ms))
         if not self.settings.incremental_asr or self.window is None:
             return
         window = self.window
@@ -473,6 +481,9 @@ class Session:
         if self.asr is not None:
             self.asr.cancel()
             self.asr = None
+        if self.tokens is not None:
+            self.tokens.cancel()
+            self.tokens = None
 
     # ---- replies ------------------------------------------------------------------------------------------
 
@@ -482,14 +493,16 @@ class Session:
         reply = Reply(self.window.turn_id, self.window.span, self.input.time_at(speech_end_ms, now()),
                       Playout(self.settings.output_lead_ms), speculative=speculative, user_audio=audio,
                       started_at=now())
-        asr, self.asr = self.asr, None  # a resumption starts a fresh stream over the whole utterance
+        # The reply takes the listening streams; a resumption starts fresh ones over the whole utterance.
+        asr, self.asr = self.asr, None
+        tokens, self.tokens = self.tokens, None
         if speculative:
             self.pending = reply
-        self.start(reply, asr, b"" if asr is not None else audio)
+        self.start(reply, asr, tokens, audio)
         return reply
 
-    def start(self, reply: Reply, asr: AsrStream | None, audio: bytes) -> None:
-        reply.task = asyncio.create_task(self.run_turn(reply, asr, audio))
+    def start(self, reply: Reply, asr: AsrStream | None, tokens: TokenStream | None, audio: bytes) -> None:
+        reply.task = asyncio.create_task(self.run_turn(reply, asr, tokens, audio))
         self.tasks.add(reply.task)
         reply.task.add_done_callback(self.tasks.discard)
 
@@ -514,14 +527,18 @@ class Session:
                 reply.cancel(Outcome.INTERRUPTED, played_ms)
                 log.info("interrupted", turn_id=reply.turn_id, why=why, played_ms=round(reply.played_ms_at_cut or 0))
 
-    async def run_turn(self, reply: Reply, asr: AsrStream | None, audio: bytes) -> None:
+    async def run_turn(self, reply: Reply, asr: AsrStream | None, tokens: TokenStream | None, audio: bytes) -> None:
         """One reply, top to bottom: hear the user, think (LLM and tools), speak (TTS at playback pace), report."""
         token = otel_context.attach(trace.set_span_in_context(reply.span))
         try:
             with tracer().start_as_current_span("reply", attributes={"stepaudio.speculative": reply.speculative}):
-                if not reply.user_text:
+                if not reply.user_text and self.hears_tokens:
+                    # The LLM hears the audio itself; the transcript (client, history, logs) is made meanwhile.
+                    reply.transcribing = asyncio.create_task(self.hear(reply, asr, audio))
+                    await self.tokenize(reply, tokens, audio)
+                elif not reply.user_text:
                     await self.hear(reply, asr, audio)
-                if reply.user_text:
+                if reply.user_text or reply.user_tokens:
                     speaker = Speaker(self, reply)
                     try:
                         await self.think(reply, speaker)
@@ -529,6 +546,8 @@ class Session:
                     finally:
                         await speaker.cancel()
         except asyncio.CancelledError:
+            if reply.transcribing is not None:
+                reply.transcribing.cancel()
             if reply.outcome != Outcome.INTERRUPTED:
                 reply.outcome = Outcome.DISCARDED  # a discarded speculation, or the session ended
         except StageError as e:
@@ -562,11 +581,26 @@ class Session:
         reply.emit(pb.ConverseResponse(transcript=pb.Transcript(
             turn_id=reply.turn_id, text=reply.user_text, is_final=True, confidence=reply.confidence)), self.emit)
 
+    async def tokenize(self, reply: Reply, tokens: TokenStream | None, audio: bytes) -> None:
+        """The user's turn as dual tokens: the stream that ran while they spoke, or one over the utterance now."""
+        t0 = now()
+        if tokens is None:
+            tokens = TokenStream(self.stages, self.rate)
+            tokens.feed(audio)
+        try:
+            reply.user_tokens = await asyncio.wait_for(tokens.finish(), self.settings.asr_timeout_s)
+        except TimeoutError:
+            tokens.cancel()
+            raise StageError(f"tokenizer: no final tokens within {self.settings.asr_timeout_s:g} s",
+                             grpc.StatusCode.DEADLINE_EXCEEDED) from None
+        reply.timings.tokenize_ms = (now() - t0) * 1000
+
     async def think(self, reply: Reply, speaker: Speaker) -> None:
         """LLM rounds: text goes to the speaker as it is written; tool calls run, their results feed the next."""
         s = self.settings
-        messages = self.history.prompt(self.config.system_prompt or s.system_prompt, reply.user_text,
-                                       s.max_history_messages)
+        user = (llm_pb2.ContentPart(audio_tokens=tokens_pb2.AudioTokens(ids=reply.user_tokens))
+                if reply.user_tokens else llm_pb2.ContentPart(text=reply.user_text))
+        messages = self.history.prompt(self.config.system_prompt or s.system_prompt, user, s.max_history_messages)
         sampling = llm_pb2.SamplingParams(max_tokens=self.config.max_reply_tokens or s.max_reply_tokens,
                                           greedy=s.greedy, temperature=s.temperature,
                                           repetition_penalty=s.repetition_penalty)
@@ -651,6 +685,9 @@ class Session:
         try:
             if reply.outcome != Outcome.DISCARDED:
                 await reply.committed.wait()  # a speculative reply reports only once committed
+                if reply.transcribing is not None:  # the transcript made beside the LLM call: history and logs
+                    with contextlib.suppress(Exception):
+                        await reply.transcribing
                 reply.timings.total_ms = (now() - reply.speech_end_at) * 1000
                 if reply.user_text:
                     self.history.add_exchange(reply.user_text, reply.spoken_text())

@@ -1,5 +1,7 @@
 """Gateway settings (env prefix ``STEPAUDIO_GATEWAY_``)."""
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -48,6 +50,10 @@ class GatewaySettings(ServiceSettings):
     )
     speculative: bool = Field(True, description="Default: start replies at the pause, commit at the endpoint.")
     incremental_asr: bool = Field(True, description="Transcribe while the user speaks (partial transcripts).")
+    llm_input: Literal["transcript", "audio_tokens"] = Field(
+        "transcript", description="What the LLM gets for a spoken turn: the ASR transcript (embedded profile), or "
+                                  "the user's audio as Step-Audio dual tokens from the tokenizer's Tokenize stream "
+                                  "(stepaudio profile; the transcript still reaches the client and the history).")
     asr_full_window: bool = Field(
         False, description="Ask Whisper for its full 30 s window (the walking skeleton's behaviour; slower)."
     )

@@ -42,6 +42,11 @@ class Stages(ABC):
         """ASR over a stream of audio (config first): partials, then one final."""
 
     @abstractmethod
+    def tokenize(self, requests: AsyncIterator[tokenizer_pb2.TokenizeRequest]
+                 ) -> AsyncGenerator[tokenizer_pb2.TokenizeResponse, None]:
+        """Step-Audio dual tokens over a stream of audio (config first), the last response after half-close."""
+
+    @abstractmethod
     def generate(self, request: llm_pb2.GenerateRequest, timeout_s: float
                  ) -> AsyncGenerator[llm_pb2.GenerateResponse, None]:
         """One LLM generation: text deltas, tool calls, finish."""
@@ -118,6 +123,11 @@ class GrpcStages(Stages):
                    ) -> AsyncGenerator[tokenizer_pb2.TranscribeResponse, None]:
         self.connect()
         return _stream("asr", self._tokenizer.Transcribe(requests))
+
+    def tokenize(self, requests: AsyncIterator[tokenizer_pb2.TokenizeRequest]
+                 ) -> AsyncGenerator[tokenizer_pb2.TokenizeResponse, None]:
+        self.connect()
+        return _stream("tokenizer", self._tokenizer.Tokenize(requests))
 
     def generate(self, request: llm_pb2.GenerateRequest, timeout_s: float
                  ) -> AsyncGenerator[llm_pb2.GenerateResponse, None]:

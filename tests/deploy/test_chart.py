@@ -213,6 +213,20 @@ def test_gateway_drain_settings() -> None:
     assert gw["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
+@pytest.mark.parametrize(("profile", "llm_input"), [("embedded", "transcript"), ("stepaudio", "audio_tokens")])
+def test_gateway_limits_and_llm_input_reach_the_gateway(profile: str, llm_input: str) -> None:
+    from services.gateway.settings import GatewaySettings
+
+    gw = next(d for d in render(profile) if d["kind"] == "Deployment" and _component(d) == "gateway")
+    env = {e["name"]: e.get("value") for e in gw["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["STEPAUDIO_GATEWAY_LLM_INPUT"] == llm_input
+    prefix = "STEPAUDIO_GATEWAY_"
+    fields = {k.removeprefix(prefix).lower(): v for k, v in env.items() if k.startswith(prefix) and v is not None}
+    settings = GatewaySettings(**{k: v for k, v in fields.items() if k in GatewaySettings.model_fields})
+    assert settings.max_realtime_factor == 4.0 and settings.stall_timeout_s == 10 and settings.max_text_chars == 4000
+    assert settings.llm_input == llm_input
+
+
 def test_hpas() -> None:
     docs = render("stepaudio")
     hpas = {_component(d): d for d in docs if d["kind"] == "HorizontalPodAutoscaler"}

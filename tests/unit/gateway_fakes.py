@@ -7,6 +7,7 @@ threads or sockets, so virtual time is the only time there is.
 * ``FakeVad``: the real hysteresis (``SpeechDetector``) over an energy detector: a frame is speech when its RMS is
   above 0.01, so a test writes speech as a tone and silence as zeros.
 * ``FakeAsr``: the final transcript says how much voiced audio it heard ("heard 1200 ms"); partials likewise.
+* ``FakeTokenizer``: one dual token per 40 ms of voiced audio it got.
 * ``FakeLlm``: replies with a scripted text, one word per ``token_s``; a script may call a tool first.
 * ``FakeTts``: a phrase per flush or sentence end; 250 ms of non-silent audio per word after ``latency_s``.
 * ``FakeTools``: ``wait`` sleeps ``seconds``; every call is recorded.
@@ -31,7 +32,7 @@ from services.kit.errors import StageError
 from services.vad.backends.base import VadBackend, VadStream
 from services.vad.detector import DetectorConfig, SpeechDetector
 from services.vad.server import VadServicer
-from stepaudio.common.v1 import audio_pb2
+from stepaudio.common.v1 import audio_pb2, tokens_pb2
 from stepaudio.llm.v1 import llm_pb2
 from stepaudio.tokenizer.v1 import tokenizer_pb2
 from stepaudio.tools.v1 import tools_pb2
@@ -208,6 +209,17 @@ class FakeStages(Stages):
         await asyncio.sleep(self.asr_s)
         yield tokenizer_pb2.TranscribeResponse(text=f"heard {voiced_ms(bytes(audio), rate)} ms", is_final=True,
                                                confidence=0.9)
+
+    async def tokenize(self, requests: AsyncIterator[tokenizer_pb2.TokenizeRequest]
+                       ) -> AsyncGenerator[tokenizer_pb2.TokenizeResponse, None]:
+        """One dual token per 40 ms of voiced audio (ids 0, 1, 2, ...), all in the final response."""
+        first, rest = await _config_then(requests)
+        audio = bytearray()
+        async for req in rest:
+            audio += req.audio.data
+        await asyncio.sleep(self.asr_s / 2)
+        n = voiced_ms(bytes(audio), first.config.format.sample_rate_hz) // 40
+        yield tokenizer_pb2.TokenizeResponse(tokens=tokens_pb2.AudioTokens(ids=list(range(n))), is_final=True)
 
     async def generate(self, request: llm_pb2.GenerateRequest, timeout_s: float
                        ) -> AsyncGenerator[llm_pb2.GenerateResponse, None]:

@@ -486,3 +486,81 @@ def test_a_hung_asr_fails_the_turn_after_asr_timeout_s() -> None:
     [done] = c.of("turn_completed")
     assert done.outcome == pb.TURN_OUTCOME_FAILED
     assert [(e.code, "asr" in e.message) for e in c.of("error")] == [("DEADLINE_EXCEEDED", True)]
+
+
+# ---- the stepaudio topology: the LLM hears the user's audio as dual tokens -------------------------------------
+
+
+def user_parts(request) -> list:
+    return list(request.messages[-1].content)
+
+
+def test_audio_tokens_input_sends_the_turn_as_dual_tokens_and_keeps_history_as_text() -> None:
+    stages = FakeStages()
+
+    async def main() -> tuple[Client, list]:
+        gw = gateway(stages, llm_input="audio_tokens")
+        c = Client(gw)
+        await c.speak(np.concatenate([silence(500), tone(1000), silence(1500)]))
+        await c.wait_turns(1)
+        history = list(next(iter(gw.sessions.values())).history.messages_kept)
+        c.send(text=pb.TextInput(text="And in writing?"))
+        await c.wait_turns(2)
+        await c.close()
+        return c, history
+
+    c, history = run_virtual(main)
+    first, second = c.of("turn_completed")
+    [part] = user_parts(stages.llm_requests[0])
+    assert part.WhichOneof("part") == "audio_tokens"
+    assert list(part.audio_tokens.ids) == list(range(1000 // 40))  # the whole utterance (1 s of voice)
+    assert [t.text for t in c.of("transcript") if t.is_final] == ["heard 1000 ms"]  # the client still gets it
+    assert first.user_text == "heard 1000 ms" and history[0] == {"role": "user", "text": "heard 1000 ms"}
+    assert "tokenize" in {t.name for t in first.timings}
+    # A typed turn stays text; the earlier spoken turn is text in the history the LLM sees.
+    later = stages.llm_requests[-1]
+    assert [p.text for p in user_parts(later)] == ["And in writing?"]
+    assert any(p.text == "heard 1000 ms" for m in later.messages for p in m.content)
+    assert second.outcome == pb.TURN_OUTCOME_COMPLETED
+
+
+def test_audio_tokens_input_discards_speculation_and_tokenizes_the_whole_utterance() -> None:
+    stages = FakeStages()
+
+    async def main() -> Client:
+        c = Client(gateway(stages, llm_input="audio_tokens"),
+                   turn_detection=pb.TurnDetection(pause_ms=150, endpoint_ms=800, speculative=True))
+        await c.speak(np.concatenate([silence(300), tone(600), silence(400), tone(600), silence(1500)]))
+        await c.wait_turns(1)
+        await c.close()
+        return c
+
+    c = run_virtual(main)
+    [done] = c.of("turn_completed")
+    assert done.speculative_discards == 1
+    committed = stages.llm_requests[-1]
+    assert len(user_parts(committed)[0].audio_tokens.ids) >= 1200 // 40  # both halves, not the first only
+    assert done.user_text == "heard 1200 ms"
+
+
+def test_audio_tokens_input_barge_in_still_cuts_the_reply() -> None:
+    story = " ".join(f"word{i}." for i in range(40))
+    stages = FakeStages(LlmScript(reply=story))
+
+    async def main() -> Client:
+        c = Client(gateway(stages, llm_input="audio_tokens"))
+        mic = asyncio.create_task(c.speak(silence(3000)))
+        c.send(text=pb.TextInput(text="Tell me a story."))
+        await c.wait_audio()
+        await mic
+        await c.speak(np.concatenate([tone(800), silence(1000)]))
+        await c.wait_turns(2)
+        await c.close()
+        return c
+
+    c = run_virtual(main)
+    first, second = c.of("turn_completed")
+    assert first.outcome == pb.TURN_OUTCOME_INTERRUPTED
+    assert user_parts(stages.llm_requests[-1])[0].WhichOneof("part") == "audio_tokens"
+    heard = int(second.user_text.split()[1])
+    assert 800 <= heard <= 820  # the interruption (10 ms frames need not align with the 20 ms chunks)

@@ -115,6 +115,8 @@ spec:
               value: /var/lib/stepaudio/convlog/audio
             - name: STEPAUDIO_GATEWAY_MAX_SESSIONS
               value: {{ $c.maxSessions | quote }}
+            - name: STEPAUDIO_GATEWAY_LLM_INPUT
+              value: {{ ternary "audio_tokens" "transcript" (eq $v.profile "stepaudio") | quote }}
             - name: STEPAUDIO_GATEWAY_MAX_REALTIME_FACTOR
               value: {{ $c.limits.maxRealtimeFactor | quote }}
             - name: STEPAUDIO_GATEWAY_MAX_AUDIO_BURST_MS
