@@ -52,7 +52,7 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 
 from services.convlog import metrics
-from services.convlog.audio_store import AudioClip, AudioStore
+from services.convlog.audio_store import AudioClip, AudioStore, LocalAudioStore
 from services.convlog.redact import CARD, EMAIL, NO_CONSENT, PHONE, redact
 from services.convlog.settings import ConvlogSettings
 from services.convlog.spool import Spool
@@ -118,7 +118,7 @@ class ConversationLogger:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self.spool: Spool | None = None
-        self.audio = AudioStore(s.audio_dir)
+        self.audio: AudioStore = LocalAudioStore(s.audio_dir, base_uri=s.audio_base_uri)
         self.delivered = 0
         self.send_errors = 0
         self._kafka = bool(s.bootstrap_servers.strip()) and s.enabled

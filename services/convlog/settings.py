@@ -80,6 +80,10 @@ class ConvlogSettings(KafkaSecurity, BaseSettings):
     audio_dir: Path = Field(
         default=Path(".run/convlog/audio"), description="Directory where consented audio is stored."
     )
+    audio_base_uri: str = Field(
+        default="", description="Where audio_dir is reachable from outside the pod (e.g. s3://bucket/audio, synced "
+        "from it, or an HTTP URL that serves it); audio references are then <base>/<sha[:2]>/<sha256>.wav instead of "
+        "file:// paths inside the pod.")
     store_reply_audio: bool = Field(
         default=True, description="Also store the assistant reply audio (consented sessions)."
     )

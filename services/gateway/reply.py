@@ -33,6 +33,7 @@ class Timings:
     llm_total_ms: float | None = None  # LLM request(s) to the last token, tool rounds included
     tts_first_chunk_ms: float | None = None  # first text to TTS to its first audio
     time_to_first_audio_ms: float | None = None  # end of user speech to the first reply audio sent
+    time_to_first_audible_ms: float | None = None  # ... to the first audible sample (the TTS's leading silence out)
     endpoint_ms: float | None = None  # end of user speech to the endpoint decision
     total_ms: float | None = None  # end of user speech to the end of the reply
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+import numpy as np
 import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -67,6 +68,16 @@ T = TypeVar("T")
 
 def now() -> float:
     return asyncio.get_running_loop().time()
+
+
+AUDIBLE = 0.01 * 32768  # a sample above -40 dBFS counts as heard
+
+
+def first_audible(pcm: bytes) -> int | None:
+    """Index of the first sample of PCM16 ``pcm`` above the audible level, None if it is all silence."""
+    x = np.abs(np.frombuffer(pcm, dtype="<i2").astype(np.int32))
+    loud = np.flatnonzero(x > AUDIBLE)
+    return int(loud[0]) if loud.size else None
 
 
 async def stall_guard(stream: AsyncGenerator[T, None], stall_s: float, stage: str) -> AsyncGenerator[T, None]:
@@ -186,6 +197,10 @@ class Speaker:
                     if await playout.wait_slot():
                         reply.timings.time_to_first_audio_ms = (now() - reply.speech_end_at) * 1000
                     offset = playout.sent(piece, rate, chunk.text if i == 0 else None, len(data))
+                    if reply.timings.time_to_first_audible_ms is None and (at := first_audible(piece)) is not None:
+                        # When that sample plays: the playback clock's start plus its offset in the reply.
+                        reply.timings.time_to_first_audible_ms = (
+                            (playout.started_at - reply.speech_end_at) * 1000 + offset + at * 1000.0 / rate)
                     self.s.emit(pb.ConverseResponse(audio_out=pb.AudioOut(
                         turn_id=reply.turn_id, text=chunk.text if i == 0 else "",
                         audio=audio_pb2.AudioChunk(data=piece, offset_ms=int(offset)))))

@@ -61,6 +61,7 @@ class Collector:
     """Consumer-group member that builds the preference dataset with exactly-once effect."""
 
     def __init__(self, settings: RlhfSettings | None = None) -> None:
+        self._manifest_at = 0.0
         self.settings = s = settings or RlhfSettings()
         self.store = DatasetStore(s.dataset_dir)
         self._stop = threading.Event()
@@ -249,10 +250,18 @@ class Collector:
         polled = self.consumer.poll(timeout_ms=self.settings.poll_timeout_ms)
         records = [r for recs in polled.values() for r in recs]
         res = self.process(records) if records else BatchResult()
-        self.maybe_flush_shard()
+        if self.maybe_flush_shard() is None and records:
+            self.maybe_write_manifest()
         if records:
             self.commit_offsets()
         return res
+
+    def maybe_write_manifest(self) -> None:
+        """Keep manifest.json current while no shard is written (counts move with every batch), at most once a
+        second."""
+        if time.monotonic() - self._manifest_at >= 1.0:
+            self.store.write_manifest()
+            self._manifest_at = time.monotonic()
 
     def run(self, until: Callable[[Collector], bool] | None = None, timeout_s: float | None = None) -> BatchResult:
         """Consume until stop(), ``until(self)`` is true, or ``timeout_s``; flushes pending pairs on the way out."""

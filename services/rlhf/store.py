@@ -178,6 +178,7 @@ class DatasetStore:
             "dataset": "stepaudio-preference-pairs",
             "schema": "stepaudio.logs.v1.PreferencePair",
             "format": "jsonl (protobuf JSON, proto field names)",
+            "updated_at": iso(time.time_ns()),
             "counts": {
                 "pairs": sum(s[1] for s in shards),
                 "shards": len(shards),

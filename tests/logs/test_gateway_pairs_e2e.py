@@ -10,6 +10,7 @@ expected pair must be in the dataset exactly once.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -68,7 +69,8 @@ async def test_pairs_from_gateway_traffic_survive_collector_and_broker_kills(
     env = {**os.environ, "PYTHONPATH": ROOT_HINT, "STEPAUDIO_RLHF_BOOTSTRAP_SERVERS": kafka.bootstrap,
            "STEPAUDIO_RLHF_TOPIC": topic, "STEPAUDIO_RLHF_DLQ_TOPIC": dlq,
            "STEPAUDIO_RLHF_GROUP_ID": "g-" + uuid.uuid4().hex, "STEPAUDIO_RLHF_DATASET_DIR": str(tmp_path / "ds"),
-           **{f"STEPAUDIO_RLHF_{k.upper()}": str(v) for k, v in FAST_GROUP.items()}}
+           **{f"STEPAUDIO_RLHF_{k.upper()}": str(v) for k, v in FAST_GROUP.items()},
+           "STEPAUDIO_RLHF_SHARD_MAX_AGE_S": "3600"}  # no shard until the collector stops: the manifest must keep up
     gw = build_gateway(GatewaySettings(
         port=0, host="127.0.0.1", log_json=False, log_level="WARNING", conversation_log=True, max_reply_tokens=24,
         vad_addr=stack.addr("vad"), tokenizer_addr=stack.addr("tokenizer"), llm_addr=stack.addr("llm"),
@@ -99,18 +101,19 @@ async def test_pairs_from_gateway_traffic_survive_collector_and_broker_kills(
         turns.append(await one_session(addr, QUESTIONS[5]))
         assert await asyncio.to_thread(convlog.flush, 120), convlog.stats()
         sent = convlog.stats()["enqueued"]
+        # The manifest is current while no shard is written: it shows every turn finalized before any shard.
         deadline = time.monotonic() + 120
-        while True:
-            store = DatasetStore(tmp_path / "ds")
-            try:
-                pairs = Counter(p["turn_id"] for p in store.shard_lines())
-            finally:
-                store.close()
-            if set(pairs) >= set(turns) or time.monotonic() > deadline:
+        manifest: dict = {}
+        while time.monotonic() < deadline:
+            path = tmp_path / "ds" / "manifest.json"
+            manifest = json.loads(path.read_text()) if path.exists() else {}
+            if manifest.get("counts", {}).get("turns_finalized", 0) >= len(turns):
                 break
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(0.5)
+        assert manifest["counts"]["turns_finalized"] >= len(turns) and manifest["counts"]["shards"] == 0, manifest
+        assert manifest["counts"]["events"] == sent
     finally:
-        collector.terminate()
+        collector.terminate()  # SIGTERM: the collector writes the pending pairs as a shard on the way out
         collector.wait(20)
         await gw.stop(0)
     store = DatasetStore(tmp_path / "ds")

@@ -311,3 +311,17 @@ def test_connectivity_and_lag_metrics_tell_the_truth_when_kafka_acknowledges_not
     finally:
         log._stop.set()
         log.close(timeout_s=1)
+
+
+def test_audio_references_resolve_outside_the_pod(tmp_path) -> None:
+    import numpy as np
+
+    from services.convlog import LocalAudioStore
+
+    local = LocalAudioStore(tmp_path / "a")
+    shared = LocalAudioStore(tmp_path / "a", base_uri="s3://voice-logs/audio/")
+    pcm = (np.sin(np.arange(1600) / 5) * 0.3).astype(np.float32)
+    ref = shared.put(pcm, 16000)
+    assert ref.uri == f"s3://voice-logs/audio/{ref.sha256[:2]}/{ref.sha256}.wav"
+    assert local.put(pcm, 16000).uri.startswith("file://") and ref.duration_ms == 100
+    assert local.get(ref)[:4] == b"RIFF"  # the same key in the directory the bucket is synced from

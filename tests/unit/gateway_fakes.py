@@ -166,6 +166,7 @@ class FakeStages(Stages):
         self.script = script or LlmScript()
         self.token_s, self.asr_s, self.tts_latency_s = token_s, asr_s, tts_latency_s
         self.tts_hang = False  # the TTS takes text and never answers (a stopped process)
+        self.tts_lead_silence_ms = 0  # silence the TTS puts before each phrase
         self.llm_hang_after = -1  # the LLM stops after this many words (-1: never)
         self.vad_failures = 0  # this many VAD streams fail with UNAVAILABLE (a killed process) before one works
         self.vad_streams = 0
@@ -253,7 +254,8 @@ class FakeStages(Stages):
                 await asyncio.Event().wait()
             await asyncio.sleep(self.tts_latency_s)
             n = len(text.split()) * TTS_RATE // 4
-            pcm = float_to_pcm16(0.2 * np.ones(n, np.float32))
+            lead = np.zeros(TTS_RATE * self.tts_lead_silence_ms // 1000, np.float32)
+            pcm = float_to_pcm16(np.concatenate([lead, 0.2 * np.ones(n, np.float32)]))
             return tts_pb2.SynthesizeStreamResponse(chunk=tts_pb2.SpeechChunk(
                 audio=audio_pb2.AudioChunk(data=pcm), text=text, sample_rate_hz=TTS_RATE))
 

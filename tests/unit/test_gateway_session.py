@@ -564,3 +564,19 @@ def test_audio_tokens_input_barge_in_still_cuts_the_reply() -> None:
     assert user_parts(stages.llm_requests[-1])[0].WhichOneof("part") == "audio_tokens"
     heard = int(second.user_text.split()[1])
     assert 800 <= heard <= 820  # the interruption (10 ms frames need not align with the 20 ms chunks)
+
+
+def test_audible_ttfa_leaves_out_the_tts_leading_silence() -> None:
+    stages = FakeStages()
+    stages.tts_lead_silence_ms = 120
+
+    async def main() -> Client:
+        c = Client(gateway(stages))
+        await c.speak(np.concatenate([silence(500), tone(1000), silence(1500)]))
+        await c.wait_turns(1)
+        await c.close()
+        return c
+
+    c = run_virtual(main)
+    timings = {t.name: t.duration_ms for t in c.of("turn_completed")[0].timings}
+    assert abs(timings["time_to_first_audible"] - timings["time_to_first_audio"] - 120) < 1.0, timings

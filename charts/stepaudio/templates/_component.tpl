@@ -113,6 +113,8 @@ spec:
               value: /var/lib/stepaudio/convlog/spool
             - name: STEPAUDIO_CONVLOG_AUDIO_DIR
               value: /var/lib/stepaudio/convlog/audio
+            - name: STEPAUDIO_CONVLOG_AUDIO_BASE_URI
+              value: {{ $c.audioBaseUri | quote }}
             - name: STEPAUDIO_GATEWAY_MAX_SESSIONS
               value: {{ $c.maxSessions | quote }}
             - name: STEPAUDIO_GATEWAY_LLM_INPUT
