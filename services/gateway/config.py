@@ -73,7 +73,18 @@ def validate_config(config: pb.SessionConfig, settings: GatewaySettings, tool_sp
         raise InvalidArgument(str(e)) from None
     if config.max_reply_tokens < 0:
         raise InvalidArgument("max_reply_tokens must not be negative")
+    check_language(config.language, settings)
     return resolve_turn_params(config, settings)
+
+
+def check_language(language: str, settings: GatewaySettings) -> None:
+    """Refuse a language the ASR would turn into gibberish, when the LLM hears transcripts (with audio tokens the
+    LLM hears the audio itself; the transcript only goes to the history)."""
+    allowed = {c.strip().lower() for c in settings.asr_languages.split(",") if c.strip()}
+    code = language.split("-")[0].lower()
+    if code and "*" not in allowed and code not in allowed and settings.llm_input == "transcript":
+        raise InvalidArgument(f"language {language!r} is not supported here (speech is transcribed in "
+                              f"{', '.join(sorted(allowed))}): leave language empty or use one of those")
 
 
 def tool_definitions(config: pb.SessionConfig, tool_specs: dict[str, tools_pb2.Tool]) -> list[llm_pb2.ToolDefinition]:

@@ -336,7 +336,8 @@ class Session:
         if fb.thumbs not in (-1, 0, 1):
             self.error(grpc.StatusCode.INVALID_ARGUMENT, f"thumbs={fb.thumbs}: use 1 (up), -1 (down) or 0")
             return
-        target = self.regenerations.get(fb.turn_id, Regeneration(fb.turn_id, 0))
+        turn_id = fb.turn_id or self.last_turn_id  # no turn id: the last answered turn
+        target = self.regenerations.get(turn_id, Regeneration(turn_id, 0))
         self.report.feedback(fb, target)
         if not fb.regenerate:
             return

@@ -50,6 +50,9 @@ class GatewaySettings(ServiceSettings):
     )
     speculative: bool = Field(True, description="Default: start replies at the pause, commit at the endpoint.")
     incremental_asr: bool = Field(True, description="Transcribe while the user speaks (partial transcripts).")
+    asr_languages: str = Field(
+        "en", description="Languages the deployment's ASR transcribes (comma-separated ISO 639-1, '*' for any). A "
+                          "session asking for another one gets INVALID_ARGUMENT when the LLM hears transcripts.")
     llm_input: Literal["transcript", "audio_tokens"] = Field(
         "transcript", description="What the LLM gets for a spoken turn: the ASR transcript (embedded profile), or "
                                   "the user's audio as Step-Audio dual tokens from the tokenizer's Tokenize stream "

@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 
 from services.kit.audio import StreamResampler, check_format, pcm16_to_float
-from services.kit.errors import InvalidArgument, Unimplemented
+from services.kit.errors import InvalidArgument, Unimplemented, invalid_argument_on
 from services.kit.streams import config_first
 from services.tokenizer.backends import AsrBackend, DualTokenizerBackend
 from services.tokenizer.settings import TokenizerSettings
@@ -41,6 +41,8 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServiceServicer):
     ) -> AsyncIterator[tokenizer_pb2.TranscribeResponse]:
         config, rest = await config_first(request_iterator)
         rate = check_format(config.format.sample_rate_hz, config.format.encoding, config.format.channels)
+        with invalid_argument_on():
+            self.asr.check_language(config.language)
         resampler = StreamResampler(rate, self.asr.sample_rate)
         interval = (config.partial_interval_ms or self.settings.partial_interval_ms) / 1000 * self.asr.sample_rate
         max_samples = int(self.settings.max_audio_s * self.asr.sample_rate)

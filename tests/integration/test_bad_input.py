@@ -118,3 +118,25 @@ async def test_empty_text_input(stack: Stack, text: str) -> None:
     assert err is None
     errors = [e.error for e in events if e.WhichOneof("event") == "error"]
     assert errors and errors[0].code == "INVALID_ARGUMENT"
+
+
+async def test_a_language_the_embedded_asr_cannot_hear_is_refused(stack: Stack) -> None:
+    """Whisper tiny.en would turn French into English gibberish: the session is refused with what to do instead,
+    and so is a Transcribe stream that asks the tokenizer for French directly."""
+    from stepaudio.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
+
+    async with grpc.aio.insecure_channel(stack.gateway_addr) as ch:
+        conv = Conversation(ch, session_config(16000, language="fr-FR"))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await conv.finish()
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "fr-FR" in (info.value.details() or "")
+
+    async def requests():
+        yield tokenizer_pb2.TranscribeRequest(config=tokenizer_pb2.TranscribeConfig(language="fr"))
+        yield tokenizer_pb2.TranscribeRequest(audio=audio_pb2.AudioChunk(data=b"\x00\x00" * 1600))
+
+    async with grpc.aio.insecure_channel(stack.addr("tokenizer")) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in tokenizer_pb2_grpc.TokenizerServiceStub(ch).Transcribe(requests()):
+                pass
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not transcribed" in (info.value.details() or "")

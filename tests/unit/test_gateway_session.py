@@ -580,3 +580,21 @@ def test_audible_ttfa_leaves_out_the_tts_leading_silence() -> None:
     c = run_virtual(main)
     timings = {t.name: t.duration_ms for t in c.of("turn_completed")[0].timings}
     assert abs(timings["time_to_first_audible"] - timings["time_to_first_audio"] - 120) < 1.0, timings
+
+
+def test_a_language_the_asr_cannot_hear_is_refused_unless_the_llm_hears_audio() -> None:
+    import grpc
+    import pytest
+
+    from services.gateway.config import validate_config
+
+    stages = FakeStages()
+    config = pb.SessionConfig(language="fr-FR")
+    with pytest.raises(StageError) as info:
+        validate_config(config, GatewaySettings(**SETTINGS), stages.tool_specs, stages.voices)  # type: ignore[arg-type]
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "fr-FR" in info.value.message
+    for ok in (GatewaySettings(**SETTINGS, asr_languages="en,fr"),  # type: ignore[arg-type]
+               GatewaySettings(**SETTINGS, llm_input="audio_tokens")):  # type: ignore[arg-type]
+        validate_config(config, ok, stages.tool_specs, stages.voices)
+    validate_config(pb.SessionConfig(language="en-GB"), GatewaySettings(**SETTINGS), stages.tool_specs,  # type: ignore[arg-type]
+                    stages.voices)

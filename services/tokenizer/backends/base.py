@@ -20,6 +20,14 @@ class AsrBackend(ABC):
     """Speech to text on 16 kHz float32 audio."""
 
     sample_rate: int = 16000
+    languages: frozenset[str] | None = None  # ISO 639-1 codes the model transcribes; None: any
+
+    def check_language(self, language: str) -> None:
+        """Raise ValueError for a BCP-47 language this model cannot transcribe (it would answer gibberish)."""
+        code = (language or "").split("-")[0].lower()
+        if code and self.languages is not None and code not in self.languages:
+            raise ValueError(f"language {language!r} is not transcribed by this ASR model (it hears "
+                             f"{', '.join(sorted(self.languages))}): leave language empty or use one of those")
 
     @abstractmethod
     def transcribe(self, samples: np.ndarray, language: str = "", full_window: bool = False) -> AsrResult:

@@ -42,6 +42,7 @@ class WhisperAsr(AsrBackend):
         self.tokenizer = Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual, task="transcribe",
                                    language="en")
         self.max_fitted_s = settings.max_fitted_window_s
+        self.languages = None if self.model.model.is_multilingual else frozenset({"en"})
 
     def transcribe(self, samples: np.ndarray, language: str = "", full_window: bool = False) -> AsrResult:
         if samples.size < self.sample_rate // 10:
