@@ -590,6 +590,12 @@ def _skip(entry: list[Any], exc: BaseException) -> None:
     entry[1] = True
 
 
+def _repeated(fd: Any) -> bool:
+    """Whether a field is repeated (``is_repeated`` from protobuf 6 on; ``label`` before, deprecated since)."""
+    flag = getattr(fd, "is_repeated", None)
+    return bool(flag) if flag is not None else fd.label == fd.LABEL_REPEATED
+
+
 def _fit(ev: logs_pb2.ConversationEvent, limit: int) -> bool:
     """Cut the event's longest texts until it serializes within ``limit`` bytes; False if it cannot."""
     from google.protobuf.descriptor import FieldDescriptor
@@ -597,10 +603,10 @@ def _fit(ev: logs_pb2.ConversationEvent, limit: int) -> bool:
     def strings(msg: Any) -> list[tuple[Any, Any]]:
         out = []
         for fd, value in msg.ListFields():
-            if fd.type == FieldDescriptor.TYPE_STRING and fd.label != FieldDescriptor.LABEL_REPEATED:
+            if fd.type == FieldDescriptor.TYPE_STRING and not _repeated(fd):
                 out.append((msg, fd))
             elif fd.type == FieldDescriptor.TYPE_MESSAGE:
-                for m in value if fd.label == FieldDescriptor.LABEL_REPEATED else [value]:
+                for m in value if _repeated(fd) else [value]:
                     out.extend(strings(m))
         return out
 
