@@ -132,7 +132,8 @@ async def test_a_language_the_embedded_asr_cannot_hear_is_refused(stack: Stack) 
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "fr-FR" in (info.value.details() or "")
 
     async def requests():
-        yield tokenizer_pb2.TranscribeRequest(config=tokenizer_pb2.TranscribeConfig(language="fr"))
+        yield tokenizer_pb2.TranscribeRequest(config=tokenizer_pb2.TranscribeConfig(
+            format=audio_pb2.AudioFormat(sample_rate_hz=16000), language="fr"))
         yield tokenizer_pb2.TranscribeRequest(audio=audio_pb2.AudioChunk(data=b"\x00\x00" * 1600))
 
     async with grpc.aio.insecure_channel(stack.addr("tokenizer")) as ch:
