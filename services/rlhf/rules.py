@@ -12,6 +12,9 @@ down = 1 when there is no rating) and regenerate flag. Pairs, each with a ``reas
   (``rating`` when both scores are explicit ratings, ``thumbs`` otherwise).
 - ``regenerate``: the user asked to regenerate candidate k and candidate k+1 exists: k+1 is chosen over k,
   unless their scores already decide (then the score rule applies) or k+1 scored 2 or less.
+- ``barge_in`` (a weak negative signal): the user talked over the original reply (TurnRecorded.interruption) and an
+  alternative exists: alternative 1 is chosen over it when no score or regenerate request decides them and the
+  alternative did not score 2 or less. An interruption alone makes no pair.
 """
 
 from __future__ import annotations
@@ -142,6 +145,11 @@ def build_pairs(
         if sb is not None and sb <= 2:
             continue
         decided.setdefault((x.alt, nxt.alt), "regenerate")
+    alt1 = cands.get(1)
+    if tr.HasField("interruption") and alt1 is not None and 0 not in deaf and 1 not in deaf:
+        s0, s1 = cands[0].score(), alt1.score()
+        if s0 is None and (s1 is None or s1 > 2):
+            decided.setdefault((0, 1), "barge_in")
 
     all_ids = sorted(
         {turn.event_id}

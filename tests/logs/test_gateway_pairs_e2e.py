@@ -123,8 +123,23 @@ async def test_pairs_from_gateway_traffic_survive_collector_and_broker_kills(
     finally:
         store.close()
     by_turn = Counter(p["turn_id"] for p in lines)
-    print(f"\nevents sent {sent}, events in dataset {counters.get('events')}, duplicates dropped "
-          f"{counters.get('duplicates', 0)}, pairs {len(lines)} for {len(turns)} expected turns")
+    from kafka import KafkaConsumer
+
+    from stepaudio.logs.v1 import logs_pb2
+
+    def topic_ids() -> list[str]:
+        consumer = KafkaConsumer(topic, bootstrap_servers=kafka.bootstrap, auto_offset_reset="earliest",
+                                 consumer_timeout_ms=5000, enable_auto_commit=False)
+        try:
+            return [logs_pb2.ConversationEvent.FromString(r.value).event_id for r in consumer]
+        finally:
+            consumer.close()
+
+    in_topic = await asyncio.to_thread(topic_ids)
+    print(f"\nevents sent {sent}, records in topic {len(in_topic)} ({len(set(in_topic))} distinct), events in "
+          f"dataset {counters.get('events')}, duplicates dropped {counters.get('duplicates', 0)}, pairs "
+          f"{len(lines)} for {len(turns)} expected turns, missing {len(set(turns) - set(by_turn))}")
+    assert len(set(in_topic)) == sent
     assert set(by_turn) == set(turns) and set(by_turn.values()) == {1}, by_turn
     assert {p["reason"] for p in lines} == {"rating"}
     assert all(p["chosen"].get("alternative_index", 0) == 1 and p["rejected"].get("alternative_index", 0) == 0

@@ -325,3 +325,19 @@ def test_audio_references_resolve_outside_the_pod(tmp_path) -> None:
     assert ref.uri == f"s3://voice-logs/audio/{ref.sha256[:2]}/{ref.sha256}.wav"
     assert local.put(pcm, 16000).uri.startswith("file://") and ref.duration_ms == 100
     assert local.get(ref)[:4] == b"RIFF"  # the same key in the directory the bucket is synced from
+
+
+def test_barge_in_is_a_weak_negative_signal() -> None:
+    cut = logs_pb2.TurnRecorded(user_transcript="tell me about rome", transcript_confidence=0.9,
+                                reply_text="Rome is a city that")
+    cut.interruption.audio_offset_ms = 900
+    turn = _ev("turn_recorded", "e1", 1, **{f.name: v for f, v in cut.ListFields()})
+    alt = _ev("reply_regenerated", "e2", 2, target_turn_id="t", alternative_index=1,
+              reply_text="Rome is Italy's capital.")
+    (p,) = build_pairs([turn, alt])
+    assert p.reason == "barge_in" and p.chosen.alternative_index == 1 and p.rejected.text == "Rome is a city that"
+    assert build_pairs([turn]) == []  # an interruption alone makes no pair
+    low = _ev("feedback_given", "e3", 3, target_turn_id="t", target_alternative_index=1, rating=2)
+    assert build_pairs([turn, alt, low]) == []  # the alternative scored 2: no preference
+    up = _ev("feedback_given", "e4", 3, target_turn_id="t", target_alternative_index=0, thumbs=logs_pb2.THUMBS_UP)
+    assert build_pairs([turn, alt, up]) == []  # the user liked the interrupted reply: the weak signal yields
