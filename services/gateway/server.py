@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import structlog
 
+from services.gateway.auth import Authenticator
 from services.gateway.config import validate_config
 from services.gateway.history import History
 from services.gateway.session import Session
@@ -39,6 +40,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         self.convlog = convlog
         self.sessions: dict[str, Session] = {}
         self.draining = False
+        self.auth = Authenticator(settings)
         meter().create_observable_gauge(
             "stepaudio.gateway.active_sessions", callbacks=[self._observe_sessions], description="Live sessions"
         )
@@ -78,7 +80,13 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         if len(self.sessions) >= self.settings.max_sessions:
             raise StageError(f"gateway is at max_sessions={self.settings.max_sessions}; retry later",
                              grpc.StatusCode.RESOURCE_EXHAUSTED)
+        identity = self.auth.identify(context.invocation_metadata() if context is not None else None)
         config, rest = await config_first(request_iterator)
+        if identity is not None:  # the tenant is the credential's, whatever the config says
+            if config.tenant and config.tenant != identity.tenant:
+                raise StageError(f"this credential belongs to tenant {identity.tenant!r}, not {config.tenant!r}: "
+                                 "leave tenant empty", grpc.StatusCode.PERMISSION_DENIED)
+            config.tenant = identity.tenant
         if not self.stages.voices or not self.stages.tool_specs:
             await self.stages.refresh_catalogs()
         params = validate_config(config, self.settings, self.stages.tool_specs, self.stages.voices)
@@ -152,6 +160,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
     async def ListVoices(  # noqa: N802
         self, request: pb.ListVoicesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListVoicesResponse:
+        self.auth.identify(context.invocation_metadata() if context is not None else None)
         await self.stages.refresh_catalogs()
         return pb.ListVoicesResponse(voices=[
             pb.Voice(name=v.name, languages=v.languages, sample_rate_hz=v.sample_rate_hz)

@@ -70,6 +70,14 @@ class GatewaySettings(ServiceSettings):
     )
     conversation_log: bool = Field(True, description="Write conversation events to the log spool / Kafka.")
 
+    # ---- identity: with either file set, every call needs 'authorization: Bearer <API key or JWT>' ----
+    api_keys_file: str = Field("", description="JSON list of {tenant, sha256 (of the key), name}: API keys, stored "
+                                               "hashed; the tenant comes from the key.")
+    jwks_file: str = Field("", description="JWKS (RFC 7517) file: JWTs signed by its keys are accepted (verified "
+                                           "offline); the tenant comes from jwt_tenant_claim.")
+    jwt_audience: str = Field("", description="Required JWT 'aud' (empty: not checked).")
+    jwt_issuer: str = Field("", description="Required JWT 'iss' (empty: not checked).")
+    jwt_tenant_claim: str = Field("tenant", description="JWT claim that names the tenant.")
     # ---- limits: what one client may cost (RESOURCE_EXHAUSTED / INVALID_ARGUMENT beyond) ----
     max_realtime_factor: float = Field(
         4.0, gt=0, description="Audio may arrive at most this many times faster than real time (after the burst "

@@ -227,6 +227,21 @@ def test_gateway_limits_and_llm_input_reach_the_gateway(profile: str, llm_input:
     assert settings.llm_input == llm_input
 
 
+def test_gateway_auth_from_a_secret() -> None:
+    gw = next(d for d in render("embedded", "--set", "gateway.auth.existingSecret=gw-auth", "--set",
+                                "gateway.auth.jwks=true", "--set", "gateway.auth.jwtAudience=voice")
+              if d["kind"] == "Deployment" and _component(d) == "gateway")
+    spec = gw["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+    assert env["STEPAUDIO_GATEWAY_API_KEYS_FILE"] == "/etc/stepaudio/auth/api-keys.json"
+    assert env["STEPAUDIO_GATEWAY_JWKS_FILE"] == "/etc/stepaudio/auth/jwks.json"
+    assert env["STEPAUDIO_GATEWAY_JWT_AUDIENCE"] == "voice"
+    assert {"name": "auth", "secret": {"secretName": "gw-auth"}} in spec["volumes"]
+    plain = next(d for d in render("embedded") if d["kind"] == "Deployment" and _component(d) == "gateway")
+    assert "STEPAUDIO_GATEWAY_API_KEYS_FILE" not in {e["name"] for e in plain["spec"]["template"]["spec"][
+        "containers"][0]["env"]}
+
+
 def test_hpas() -> None:
     docs = render("stepaudio")
     hpas = {_component(d): d for d in docs if d["kind"] == "HorizontalPodAutoscaler"}

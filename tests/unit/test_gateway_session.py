@@ -24,15 +24,26 @@ from stepaudio.logs.v1 import logs_pb2
 SETTINGS = dict(log_json=False, conversation_log=False, first_phrase_words=5, output_lead_ms=150)
 
 
+class _Context:
+    """What the servicer reads of a grpc.aio.ServicerContext: the call's metadata."""
+
+    def __init__(self, metadata: tuple) -> None:
+        self.metadata = metadata
+
+    def invocation_metadata(self) -> tuple:
+        return self.metadata
+
+
 class Client:
     """One Converse stream against an in-process servicer; events are (loop time, event)."""
 
-    def __init__(self, servicer: ConversationServicer, **config: object) -> None:
+    def __init__(self, servicer: ConversationServicer, metadata: tuple = (), **config: object) -> None:
         cfg = pb.SessionConfig(input_format=audio_pb2.AudioFormat(sample_rate_hz=RATE), **config)  # type: ignore[arg-type]
         self.queue: asyncio.Queue[pb.ConverseRequest | None] = asyncio.Queue()
         self.queue.put_nowait(pb.ConverseRequest(config=cfg))
         self.events: list[tuple[float, pb.ConverseResponse]] = []
         self.changed = asyncio.Condition()
+        self.context = _Context(metadata)
         self.task = asyncio.create_task(self._read(servicer))
 
     async def _requests(self) -> AsyncIterator[pb.ConverseRequest]:
@@ -41,7 +52,7 @@ class Client:
 
     async def _read(self, servicer: ConversationServicer) -> None:
         loop = asyncio.get_running_loop()
-        async for ev in servicer.Converse(self._requests(), None):  # type: ignore[arg-type]
+        async for ev in servicer.Converse(self._requests(), self.context):  # type: ignore[arg-type]
             self.events.append((loop.time(), ev))
             async with self.changed:
                 self.changed.notify_all()
@@ -598,3 +609,62 @@ def test_a_language_the_asr_cannot_hear_is_refused_unless_the_llm_hears_audio() 
         validate_config(config, ok, stages.tool_specs, stages.voices)
     validate_config(pb.SessionConfig(language="en-GB"), GatewaySettings(**SETTINGS), stages.tool_specs,  # type: ignore[arg-type]
                     stages.voices)
+
+
+# ---- identity: API keys (hashed) and JWTs (JWKS file) ------------------------------------------------------------
+
+
+def test_api_keys_and_jwts_decide_the_tenant(tmp_path) -> None:
+    import json
+    import time
+
+    import grpc
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from services.gateway.auth import key_digest
+
+    (tmp_path / "keys.json").write_text(json.dumps([{"tenant": "acme", "sha256": key_digest("k-acme"),
+                                                     "name": "web"}]))
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [{**public_jwk, "kid": "k1", "alg": "RS256"}]}))
+
+    def token(**claims: object) -> str:
+        body = {"tenant": "globex", "sub": "u1", "aud": "stepaudio", "exp": int(time.time()) + 600, **claims}
+        return jwt.encode(body, private, algorithm="RS256", headers={"kid": "k1"})
+
+    stages = FakeStages()
+    convlog = FakeConvlog()
+    auth = dict(api_keys_file=str(tmp_path / "keys.json"), jwks_file=str(tmp_path / "jwks.json"),
+                jwt_audience="stepaudio")
+
+    async def attempt(metadata: tuple, **config: object) -> tuple[Client, BaseException | None]:
+        c = Client(gateway(stages, convlog, **auth), metadata=metadata, **config)
+        c.send(text=pb.TextInput(text="Hi."))
+        c.queue.put_nowait(None)
+        try:
+            await asyncio.wait_for(c.task, 30)
+        except StageError as e:
+            return c, e
+        return c, None
+
+    async def main() -> dict[str, tuple[Client, BaseException | None]]:
+        return {
+            "none": await attempt(()),
+            "wrong key": await attempt((("authorization", "Bearer k-nope"),)),
+            "key": await attempt((("authorization", "Bearer k-acme"),), consent=True),
+            "key, other tenant": await attempt((("authorization", "Bearer k-acme"),), tenant="globex"),
+            "jwt": await attempt((("authorization", f"Bearer {token()}"),), consent=True),
+            "jwt expired": await attempt((("authorization", f"Bearer {token(exp=int(time.time()) - 10)}"),)),
+            "jwt wrong audience": await attempt((("authorization", f"Bearer {token(aud='other')}"),)),
+        }
+
+    got = run_virtual(main)
+    codes = {name: (err.code if isinstance(err, StageError) else None) for name, (_, err) in got.items()}
+    assert codes == {"none": grpc.StatusCode.UNAUTHENTICATED, "wrong key": grpc.StatusCode.UNAUTHENTICATED,
+                     "key": None, "key, other tenant": grpc.StatusCode.PERMISSION_DENIED, "jwt": None,
+                     "jwt expired": grpc.StatusCode.UNAUTHENTICATED,
+                     "jwt wrong audience": grpc.StatusCode.UNAUTHENTICATED}, codes
+    tenants = [kw["tenant"] for kw in convlog.of("turn_recorded")]
+    assert tenants == ["acme", "globex"]  # from the credential, not the config

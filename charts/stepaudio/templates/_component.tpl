@@ -117,6 +117,20 @@ spec:
               value: {{ $c.audioBaseUri | quote }}
             - name: STEPAUDIO_GATEWAY_MAX_SESSIONS
               value: {{ $c.maxSessions | quote }}
+            {{- if $c.auth.existingSecret }}
+            {{- if $c.auth.apiKeys }}
+            - name: STEPAUDIO_GATEWAY_API_KEYS_FILE
+              value: /etc/stepaudio/auth/api-keys.json
+            {{- end }}
+            {{- if $c.auth.jwks }}
+            - name: STEPAUDIO_GATEWAY_JWKS_FILE
+              value: /etc/stepaudio/auth/jwks.json
+            - name: STEPAUDIO_GATEWAY_JWT_AUDIENCE
+              value: {{ $c.auth.jwtAudience | quote }}
+            - name: STEPAUDIO_GATEWAY_JWT_ISSUER
+              value: {{ $c.auth.jwtIssuer | quote }}
+            {{- end }}
+            {{- end }}
             - name: STEPAUDIO_GATEWAY_LLM_INPUT
               value: {{ ternary "audio_tokens" "transcript" (eq $v.profile "stepaudio") | quote }}
             - name: STEPAUDIO_GATEWAY_MAX_REALTIME_FACTOR
@@ -241,6 +255,11 @@ spec:
             {{- if eq .name "gateway" }}
             - name: state
               mountPath: /var/lib/stepaudio/convlog
+            {{- if $c.auth.existingSecret }}
+            - name: auth
+              mountPath: /etc/stepaudio/auth
+              readOnly: true
+            {{- end }}
             {{- end }}
             {{- if $worker }}
             - name: state
@@ -269,6 +288,11 @@ spec:
         - name: state{{/* conversation-log spool: survives container restarts, not pod deletion */}}
           emptyDir:
             sizeLimit: {{ $c.spoolSizeLimit }}
+        {{- if $c.auth.existingSecret }}
+        - name: auth
+          secret:
+            secretName: {{ $c.auth.existingSecret }}
+        {{- end }}
         {{- end }}
         {{- if $worker }}
         - name: state
