@@ -6,6 +6,7 @@ import asyncio
 
 import structlog
 
+from services.gateway.quotas import create_quotas
 from services.gateway.server import SERVICE_NAME, ConversationServicer
 from services.gateway.settings import GatewaySettings
 from services.gateway.stages import GrpcStages
@@ -26,7 +27,9 @@ def build(settings: GatewaySettings | None = None) -> GrpcServer:
         from services.convlog import ConversationLogger
 
         convlog = ConversationLogger()
-    servicer = ConversationServicer(stages, store, settings, convlog)
+    quotas = create_quotas(settings.redis_url, settings.tenant_max_sessions, settings.tenant_requests_per_min,
+                           settings.tenant_audio_s_per_min)
+    servicer = ConversationServicer(stages, store, settings, convlog, quotas)
 
     async def warmup() -> None:
         if convlog is not None:
@@ -43,9 +46,16 @@ def build(settings: GatewaySettings | None = None) -> GrpcServer:
             await asyncio.to_thread(convlog.close)
         await stages.close()
         await store.close()
+        await quotas.close()
 
     spec = ServiceSpec(SERVICE_NAME, conversation_pb2_grpc.add_ConversationServiceServicer_to_server, servicer)
-    return GrpcServer("gateway", settings, [spec], warmup, on_drain, dependencies_down=stages.down,
+    async def not_ready() -> list[str]:
+        """Stages that are down, and a full gateway (readiness off: the Service sends new sessions elsewhere)."""
+        full = [f"full: {len(servicer.sessions)} live sessions (max_sessions={settings.max_sessions})"] if len(
+            servicer.sessions) >= settings.max_sessions else []
+        return [*await stages.down(), *full]
+
+    return GrpcServer("gateway", settings, [spec], warmup, on_drain, dependencies_down=not_ready,
                       dependency_check_s=settings.dependency_check_s, on_stopped=on_stopped)
 
 

@@ -14,6 +14,7 @@ import structlog
 from services.gateway.auth import Authenticator
 from services.gateway.config import validate_config
 from services.gateway.history import History
+from services.gateway.quotas import LEASE_S, MemoryQuotas, Quotas
 from services.gateway.session import Session
 from services.gateway.settings import GatewaySettings
 from services.gateway.stages import Stages
@@ -33,8 +34,11 @@ log = structlog.get_logger("stepaudio.gateway")
 class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
     """Converse: one Session per stream; ListVoices from the TTS catalog."""
 
-    def __init__(self, stages: Stages, store: SessionStore, settings: GatewaySettings, convlog: Any = None) -> None:
+    def __init__(self, stages: Stages, store: SessionStore, settings: GatewaySettings, convlog: Any = None,
+                 quotas: Quotas | None = None) -> None:
         self.stages = stages
+        self.quotas = quotas or MemoryQuotas(settings.tenant_max_sessions, settings.tenant_requests_per_min,
+                                             settings.tenant_audio_s_per_min)
         self.store = store
         self.settings = settings
         self.convlog = convlog
@@ -99,10 +103,12 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         else:
             stored = StoredSession(uuid.uuid4().hex, tenant=config.tenant)
         session = Session(stored.session_id, config, params, History(stored, self.settings.max_stored_messages),
-                          self.stages, self.store, self.settings, self.convlog)
+                          self.stages, self.store, self.settings, self.convlog, self.quotas)
+        await self.quotas.open_session(session.tenant, session.ref)
         structlog.contextvars.bind_contextvars(session=session.ref)
         self.sessions[session.id] = session
         pump = asyncio.create_task(self._pump(session, rest))
+        lease = asyncio.create_task(self._renew(session)) if self.quotas.max_sessions else None
         reason = logs_pb2.SESSION_END_REASON_USER_HANGUP
         loop = asyncio.get_running_loop()
         ends_at = loop.time() + self.settings.max_session_s
@@ -131,10 +137,21 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
             if self.draining:
                 reason = logs_pb2.SESSION_END_REASON_SERVER_SHUTDOWN
             pump.cancel()
+            if lease is not None:
+                lease.cancel()
             with contextlib.suppress(BaseException):
                 await pump
             await session.close(reason)
             self.sessions.pop(session.id, None)
+            with contextlib.suppress(Exception):  # the lease expires on its own if Redis is away
+                await self.quotas.close_session(session.tenant, session.ref)
+
+    async def _renew(self, session: Session) -> None:
+        """Keep the session's quota lease alive (a dead pod's leases expire after LEASE_S)."""
+        while True:
+            await asyncio.sleep(LEASE_S / 3)
+            with contextlib.suppress(Exception):
+                await self.quotas.renew_session(session.tenant, session.ref)
 
     async def _pump(self, session: Session, rest: AsyncIterator[tuple[str, Any]]) -> None:
         """Feed client messages to the session; at half-close, finish the turn and end the event stream."""

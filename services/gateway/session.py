@@ -32,6 +32,7 @@ from services.gateway.config import tool_definitions
 from services.gateway.history import History
 from services.gateway.listen import AsrStream, AudioBuffer, InputClock, TokenStream, VadStream, transcribe_once
 from services.gateway.playout import Playout
+from services.gateway.quotas import Quotas
 from services.gateway.reply import Outcome, Reply, ToolRecord
 from services.gateway.report import ConversationReport, Regeneration
 from services.gateway.settings import GatewaySettings
@@ -210,9 +211,13 @@ class Session:
     """Controller of one conversation session."""
 
     def __init__(self, session_id: str, config: pb.SessionConfig, params: TurnParams, history: History,
-                 stages: Stages, store: SessionStore, settings: GatewaySettings, convlog: Any = None) -> None:
+                 stages: Stages, store: SessionStore, settings: GatewaySettings, convlog: Any = None,
+                 quotas: Quotas | None = None) -> None:
         self.id = session_id
         self.ref = session_ref(session_id)  # what logs, spans and other services see
+        self.tenant = config.tenant or "default"
+        self.quotas = quotas
+        self._audio_unbilled_ms = 0.0
         self.config = config
         self.params = params
         self.history = history
@@ -271,6 +276,11 @@ class Session:
                        f"audio chunk of {len(data)} bytes ignored: PCM16 needs an even number of bytes")
             return
         self.check_rate(len(data))
+        if self.quotas is not None and self.quotas.audio_s_per_min:
+            self._audio_unbilled_ms += len(data) * 500.0 / self.rate
+            if self._audio_unbilled_ms >= 1000:  # charged a second at a time
+                seconds, self._audio_unbilled_ms = self._audio_unbilled_ms / 1000, 0.0
+                await self.quotas.audio(self.tenant, seconds)
         if self.window is None:
             if now() - self._vad_failed_at < 1.0:
                 return  # the VAD just failed: its audio is not heard until the stream reopens
@@ -303,6 +313,8 @@ class Session:
                              grpc.StatusCode.RESOURCE_EXHAUSTED)
 
     async def on_text(self, text: str, regeneration: Regeneration | None = None) -> None:
+        if self.quotas is not None and regeneration is None:
+            await self.quotas.request(self.tenant)
         if not text.strip():
             self.error(grpc.StatusCode.INVALID_ARGUMENT, "text input is empty: send the words of the user's turn")
             return
@@ -326,6 +338,8 @@ class Session:
         self.interrupt_replies(played_ms or None, "client interrupt")
 
     async def on_feedback(self, fb: pb.Feedback) -> None:
+        if self.quotas is not None:
+            await self.quotas.request(self.tenant)
         if fb.rating and not 1 <= fb.rating <= 5:
             self.error(grpc.StatusCode.INVALID_ARGUMENT, f"rating={fb.rating}: use 1 (bad) to 5 (good), or 0")
             return

@@ -78,6 +78,11 @@ class GatewaySettings(ServiceSettings):
     jwt_audience: str = Field("", description="Required JWT 'aud' (empty: not checked).")
     jwt_issuer: str = Field("", description="Required JWT 'iss' (empty: not checked).")
     jwt_tenant_claim: str = Field("tenant", description="JWT claim that names the tenant.")
+    # ---- quotas per tenant, shared through Redis when redis_url is set (0 = unlimited) ----
+    tenant_max_sessions: int = Field(0, ge=0, description="Live sessions per tenant across gateways.")
+    tenant_requests_per_min: int = Field(0, ge=0, description="Sessions opened, text turns and feedback per tenant "
+                                                              "per minute.")
+    tenant_audio_s_per_min: float = Field(0.0, ge=0, description="Seconds of input audio per tenant per minute.")
     # ---- limits: what one client may cost (RESOURCE_EXHAUSTED / INVALID_ARGUMENT beyond) ----
     max_realtime_factor: float = Field(
         4.0, gt=0, description="Audio may arrive at most this many times faster than real time (after the burst "

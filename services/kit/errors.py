@@ -13,11 +13,25 @@ class StageError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
-    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+    def __init__(self, message: str, code: grpc.StatusCode | None = None, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.retry_after_s = retry_after_s  # sent as google.rpc.RetryInfo in the status details
         if code is not None:
             self.code = code
+
+    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+        """``grpc-status-details-bin`` (google.rpc.Status with RetryInfo) when a retry delay is known."""
+        if self.retry_after_s is None:
+            return ()
+        from google.protobuf import duration_pb2
+        from google.rpc import error_details_pb2, status_pb2
+
+        info = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(
+            seconds=int(self.retry_after_s), nanos=int((self.retry_after_s % 1) * 1e9)))
+        status = status_pb2.Status(code=self.code.value[0], message=self.message)
+        status.details.add().Pack(info)
+        return (("grpc-status-details-bin", status.SerializeToString()),)
 
 
 class InvalidArgument(StageError):

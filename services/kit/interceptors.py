@@ -142,7 +142,7 @@ class _RpcScope:
                 return False
             if isinstance(exc, StageError):
                 await self._finish(exc.code, exc.message)
-                await self.context.abort(exc.code, exc.message)
+                await self.context.abort(exc.code, exc.message, trailing_metadata=exc.trailing_metadata())
             if isinstance(exc, asyncio.CancelledError):
                 await self._finish(grpc.StatusCode.CANCELLED, "cancelled by the client")
                 return False

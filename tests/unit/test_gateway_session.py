@@ -668,3 +668,27 @@ def test_api_keys_and_jwts_decide_the_tenant(tmp_path) -> None:
                      "jwt wrong audience": grpc.StatusCode.UNAUTHENTICATED}, codes
     tenants = [kw["tenant"] for kw in convlog.of("turn_recorded")]
     assert tenants == ["acme", "globex"]  # from the credential, not the config
+
+
+def test_tenant_audio_per_minute_quota() -> None:
+    import grpc
+
+    stages = FakeStages()
+
+    async def main() -> tuple[Client, BaseException | None]:
+        c = Client(gateway(stages, tenant_audio_s_per_min=3.0), tenant="acme")
+        try:
+            await c.speak(silence(5000))
+            c.queue.put_nowait(None)
+            await asyncio.wait_for(c.task, 30)
+        except StageError as e:
+            return c, e
+        try:
+            await asyncio.wait_for(c.task, 30)
+        except StageError as e:
+            return c, e
+        return c, None
+
+    c, err = run_virtual(main)
+    assert isinstance(err, StageError) and err.code == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+    assert "audio per minute" in err.message and err.retry_after_s is not None
