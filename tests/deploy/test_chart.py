@@ -225,6 +225,7 @@ def test_gateway_limits_and_llm_input_reach_the_gateway(profile: str, llm_input:
     settings = GatewaySettings(**{k: v for k, v in fields.items() if k in GatewaySettings.model_fields})
     assert settings.max_realtime_factor == 4.0 and settings.stall_timeout_s == 10 and settings.max_text_chars == 4000
     assert settings.llm_input == llm_input
+    assert settings.tenant_max_sessions == 0 and settings.tenant_audio_s_per_min == 0
 
 
 def test_gateway_auth_from_a_secret() -> None:

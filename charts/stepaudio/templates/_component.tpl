@@ -133,6 +133,12 @@ spec:
             {{- end }}
             - name: STEPAUDIO_GATEWAY_LLM_INPUT
               value: {{ ternary "audio_tokens" "transcript" (eq $v.profile "stepaudio") | quote }}
+            - name: STEPAUDIO_GATEWAY_TENANT_MAX_SESSIONS
+              value: {{ $c.quotas.sessionsPerTenant | quote }}
+            - name: STEPAUDIO_GATEWAY_TENANT_REQUESTS_PER_MIN
+              value: {{ $c.quotas.requestsPerMinute | quote }}
+            - name: STEPAUDIO_GATEWAY_TENANT_AUDIO_S_PER_MIN
+              value: {{ $c.quotas.audioSecondsPerMinute | quote }}
             - name: STEPAUDIO_GATEWAY_MAX_REALTIME_FACTOR
               value: {{ $c.limits.maxRealtimeFactor | quote }}
             - name: STEPAUDIO_GATEWAY_MAX_AUDIO_BURST_MS
