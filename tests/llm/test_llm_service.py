@@ -195,3 +195,28 @@ async def test_failover_to_second_endpoint(triton: TritonHandle) -> None:
             assert events[-1].HasField("finish")
     finally:
         await stop_llm(server, channel)
+
+
+async def test_one_slow_request_does_not_drop_the_others_on_the_endpoint(triton: TritonHandle) -> None:
+    """A request that times out before its first token is that request's failure: the endpoint stays up and the
+    streams already running on it finish (before, the backend closed the shared client and killed them all)."""
+    from services.kit.errors import DeadlineExceeded
+    from services.llm.backends.triton import TritonBackend
+    from services.llm.contract import GenerationParams
+
+    backend = TritonBackend([triton.grpc_url], first_token_timeout_s=30.0)
+    prompt = "<|im_start|>user\nTell me a long story about the sea.<|im_end|>\n<|im_start|>assistant\n"
+    try:
+        running = backend.generate(prompt, GenerationParams(max_tokens=60, temperature=0.0), "embedded_llm",
+                                   "long-1", 60)
+        chunks = [await running.__anext__()]  # streaming now
+        backend.first_token_timeout_s = 1e-4  # the next request cannot get its first token in time
+        with pytest.raises(DeadlineExceeded):
+            async for _ in backend.generate(prompt, GenerationParams(max_tokens=5), "embedded_llm", "slow-1", 60):
+                pass
+        assert backend.endpoints[0].is_up(time.monotonic())
+        async for chunk in running:
+            chunks.append(chunk)
+        assert chunks[-1].done and len(chunks) > 5  # the long stream finished normally
+    finally:
+        await backend.close()

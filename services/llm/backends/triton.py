@@ -49,6 +49,11 @@ class _EndpointDown(Exception):
     """This endpoint cannot serve the request right now; try another."""
 
 
+class _SlowEndpoint(_EndpointDown):
+    """This request got no first response in time: try another endpoint, but this one stays up and its other
+    streams go on (one slow request must not take down every request in flight on the same connection)."""
+
+
 class _Endpoint:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -123,6 +128,7 @@ class TritonBackend(LlmBackend):
         self, prompt: str, params: GenerationParams, model: str, request_id: str, timeout_s: float
     ) -> AsyncIterator[GenerationChunk]:
         errors: list[str] = []
+        slow = 0
         for ep in self.order():
             started = False
             try:
@@ -133,8 +139,14 @@ class TritonBackend(LlmBackend):
             except _EndpointDown as e:
                 if started:
                     raise Unavailable(f"Triton at {ep.url} failed during generation: {e}") from None
-                await ep.mark_down(str(e), self.cooldown_s)
+                if isinstance(e, _SlowEndpoint):
+                    slow += 1
+                else:
+                    await ep.mark_down(str(e), self.cooldown_s)
                 errors.append(f"{ep.url}: {e}")
+        if slow == len(errors):
+            raise DeadlineExceeded(f"no Triton endpoint answered model {model!r} within "
+                                   f"{self.first_token_timeout_s:g} s ({'; '.join(errors)}); they are busy, retry")
         raise Unavailable(
             f"LLM backend unavailable: no Triton endpoint could serve model {model!r} ({'; '.join(errors)}). "
             "Start Triton (python -m stepaudio.tritonserver) or fix STEPAUDIO_LLM_TRITON_URLS; "
@@ -163,7 +175,7 @@ class TritonBackend(LlmBackend):
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
-                    raise _EndpointDown(f"no response within {self.first_token_timeout_s:.0f} s") from None
+                    raise _SlowEndpoint(f"no response within {self.first_token_timeout_s:g} s") from None
                 except (grpc.aio.AioRpcError, InferenceServerException) as e:
                     self._raise_rpc(e, first)
                 if first:
