@@ -104,7 +104,7 @@ class GrpcStages(Stages):
         limit = self.settings.max_message_bytes
 
         def ch(addr: str) -> grpc.aio.Channel:
-            c = channel(addr, limit)
+            c = channel(addr, limit, token=self.settings.stage_token)
             self._channels.append(c)
             return c
 

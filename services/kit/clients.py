@@ -27,11 +27,12 @@ _RETRY_POLICY = json.dumps(
 )
 
 
-def channel(target: str, max_message_bytes: int = 8 * 1024 * 1024) -> grpc.aio.Channel:
-    """An insecure aio channel to ``host:port`` that propagates the trace context."""
+def channel(target: str, max_message_bytes: int = 8 * 1024 * 1024, token: str = "") -> grpc.aio.Channel:
+    """An aio channel to ``host:port`` (in-cluster, plaintext) that propagates the trace context and sends the
+    service credential ``token`` (``authorization: Bearer``) when one is set."""
     return grpc.aio.insecure_channel(
         target,
-        interceptors=client_tracing_interceptors(),
+        interceptors=client_tracing_interceptors(token),
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

@@ -165,38 +165,46 @@ class _RpcScope:
             self.span_cm.__exit__(None, None, None)
 
 
-def _with_context(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    metadata = list(details.metadata or ()) + list(carrier.items())
-    return grpc.aio.ClientCallDetails(
-        details.method, details.timeout, grpc.aio.Metadata(*metadata), details.credentials, details.wait_for_ready
-    )
+class _ClientMetadata:
+    """Adds the W3C trace context and, when configured, the service credential to an outgoing call."""
+
+    def __init__(self, token: str = "") -> None:
+        self._auth = (("authorization", f"Bearer {token}"),) if token else ()
+
+    def details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        metadata = list(details.metadata or ()) + list(carrier.items()) + list(self._auth)
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, grpc.aio.Metadata(*metadata), details.credentials, details.wait_for_ready
+        )
 
 
-class _UnaryUnaryTracing(grpc.aio.UnaryUnaryClientInterceptor):
+class _UnaryUnaryTracing(_ClientMetadata, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(_with_context(details), request)
+        return await continuation(self.details(details), request)
 
 
-class _UnaryStreamTracing(grpc.aio.UnaryStreamClientInterceptor):
+class _UnaryStreamTracing(_ClientMetadata, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(_with_context(details), request)
+        return await continuation(self.details(details), request)
 
 
-class _StreamUnaryTracing(grpc.aio.StreamUnaryClientInterceptor):
+class _StreamUnaryTracing(_ClientMetadata, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
-        return await continuation(_with_context(details), request_iterator)
+        return await continuation(self.details(details), request_iterator)
 
 
-class _StreamStreamTracing(grpc.aio.StreamStreamClientInterceptor):
+class _StreamStreamTracing(_ClientMetadata, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
-        return await continuation(_with_context(details), request_iterator)
+        return await continuation(self.details(details), request_iterator)
 
 
-def client_tracing_interceptors() -> list[grpc.aio.ClientInterceptor]:
-    """Interceptors that inject the current W3C trace context into every outgoing call.
+def client_tracing_interceptors(token: str = "") -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors that inject the current W3C trace context (and the service credential ``token``, if set) into
+    every outgoing call.
 
     One instance per call type: grpc.aio files an interceptor under the first call type it matches only.
     """
-    return [_UnaryUnaryTracing(), _UnaryStreamTracing(), _StreamUnaryTracing(), _StreamStreamTracing()]
+    return [_UnaryUnaryTracing(token), _UnaryStreamTracing(token), _StreamUnaryTracing(token),
+            _StreamStreamTracing(token)]

@@ -16,6 +16,7 @@ import asyncio
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -102,7 +103,16 @@ class GrpcServer:
             [s.full_name for s in self.specs] + [health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        addr = f"{self.settings.host}:{self.settings.port}"
+        if self.settings.tls_cert_file or self.settings.tls_key_file:
+            if not (self.settings.tls_cert_file and self.settings.tls_key_file):
+                raise ValueError("TLS needs both tls_cert_file and tls_key_file")
+            key, cert = await asyncio.to_thread(
+                lambda: (Path(self.settings.tls_key_file).read_bytes(), Path(self.settings.tls_cert_file).read_bytes()))
+            creds = grpc.ssl_server_credentials([(key, cert)])
+            self.port = self.server.add_secure_port(addr, creds)
+        else:
+            self.port = self.server.add_insecure_port(addr)
         await self.server.start()
         log.info("listening", port=self.port, profile=self.settings.profile)
         if self._warmup is not None:

@@ -26,5 +26,8 @@ class ServiceSettings(BaseSettings):
     )
     max_message_bytes: int = Field(8 * 1024 * 1024, description="Largest gRPC message accepted or sent, in bytes.")
     drain_grace_s: float = Field(10.0, description="On SIGTERM: seconds live RPCs get to finish before the stop.")
-    auth_token: str = Field("", description="If set, every RPC must carry 'authorization: Bearer <token>'.")
+    auth_token: str = Field("", description="If set, every RPC must carry 'authorization: Bearer <token>' (the service "
+                                            "credential internal callers send).")
+    tls_cert_file: str = Field("", description="PEM certificate chain: serve TLS on the port (with tls_key_file).")
+    tls_key_file: str = Field("", description="PEM private key of tls_cert_file.")
     model_threads: int = Field(1, description="CPU threads a model may use (keep the sum under the core count).")

@@ -243,6 +243,21 @@ def test_gateway_auth_from_a_secret() -> None:
         "containers"][0]["env"]}
 
 
+def test_internal_credential_reaches_every_stage_and_the_gateway() -> None:
+    docs = render("embedded", "--set", "internalAuth.existingSecret=svc-token")
+    seen = {}
+    for d in docs:
+        if d["kind"] != "Deployment":
+            continue
+        env = {e["name"]: e for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+        name = _component(d)
+        var = "STEPAUDIO_GATEWAY_STAGE_TOKEN" if name == "gateway" else f"STEPAUDIO_{name.upper()}_AUTH_TOKEN"
+        if var in env:
+            seen[name] = env[var]["valueFrom"]["secretKeyRef"]
+    assert {"gateway", "vad", "tokenizer", "llm", "tools", "tts"} <= set(seen), seen
+    assert all(ref == {"name": "svc-token", "key": "token"} for ref in seen.values())
+
+
 def test_hpas() -> None:
     docs = render("stepaudio")
     hpas = {_component(d): d for d in docs if d["kind"] == "HorizontalPodAutoscaler"}

@@ -90,6 +90,13 @@ spec:
             {{- end }}
             - name: {{ $p }}PROFILE
               value: {{ $v.profile | quote }}
+            {{- if $v.internalAuth.existingSecret }}
+            - name: {{ if eq .name "gateway" }}STEPAUDIO_GATEWAY_STAGE_TOKEN{{ else }}{{ $p }}AUTH_TOKEN{{ end }}
+              valueFrom:
+                secretKeyRef:
+                  name: {{ $v.internalAuth.existingSecret }}
+                  key: {{ $v.internalAuth.key }}
+            {{- end }}
             {{- if and $v.modelStore.enabled (has .name (list "tokenizer" "tts" "vocoder")) }}
             - name: {{ $p }}MODEL_DIR
               value: {{ printf "%s/%s" $v.modelStore.mountPath (index $v.modelStore.subPaths .name) | quote }}
