@@ -187,7 +187,7 @@ def test_network_policy_only_gateway_open_outside(profile: str) -> None:
     assert deployments <= set(policies), f"components without a NetworkPolicy: {deployments - set(policies)}"
     metrics_ports = {9090, 8002}
     for comp, np in policies.items():
-        assert np["spec"]["policyTypes"] == ["Ingress"]
+        assert np["spec"]["policyTypes"] == ["Ingress", "Egress"]
         for rule in np["spec"]["ingress"]:
             ports = {p["port"] for p in rule["ports"]}
             peers = rule.get("from")
@@ -256,6 +256,21 @@ def test_internal_credential_reaches_every_stage_and_the_gateway() -> None:
             seen[name] = env[var]["valueFrom"]["secretKeyRef"]
     assert {"gateway", "vad", "tokenizer", "llm", "tools", "tts"} <= set(seen), seen
     assert all(ref == {"name": "svc-token", "key": "token"} for ref in seen.values())
+
+
+def test_network_policies_deny_egress_but_dns_release_and_dependencies() -> None:
+    policies = [d for d in render("embedded") if d["kind"] == "NetworkPolicy"]
+    assert policies
+    for np in policies:
+        spec = np["spec"]
+        assert spec["policyTypes"] == ["Ingress", "Egress"], np["metadata"]["name"]
+        ports = [{p["port"] for p in rule.get("ports", [])} for rule in spec["egress"]]
+        assert {53} in ports  # DNS
+        assert any("to" in rule and "podSelector" in rule["to"][0] for rule in spec["egress"])  # the release
+        assert any({6379, 9092} <= p for p in ports)  # Redis, Kafka (values: networkPolicy.egress.dependencies)
+    open_ = [d for d in render("embedded", "--set", "networkPolicy.egress.enabled=false") if d["kind"] ==
+             "NetworkPolicy"]
+    assert all(d["spec"]["policyTypes"] == ["Ingress"] and "egress" not in d["spec"] for d in open_)
 
 
 def test_hpas() -> None:

@@ -17,7 +17,7 @@ from logs_helpers import ROOT_HINT, emit_session, logger, rlhf_settings
 from services.rlhf.collector import Collector
 from stepaudio.logs.v1 import logs_pb2
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 
 def _finalized(n: int):
@@ -55,7 +55,7 @@ def test_broker_outage_every_event_once_in_dataset(kafka, tmp_path):
 
     col = Collector(rlhf_settings(tmp_path, kafka.bootstrap, topic, dlq, "g-" + uuid.uuid4().hex))
     try:
-        col.run(until=_finalized(turns), timeout_s=60)
+        col.run(until=_finalized(turns), timeout_s=180)
         by_turn = _pairs_by_turn(col)
         assert len(by_turn) == turns and set(by_turn.values()) == {1}
         source_ids = Counter(i for p in col.store.shard_lines() for i in p["source_event_ids"])
@@ -138,12 +138,12 @@ def test_collector_restart_resumes_without_duplicates(kafka, tmp_path):
     assert log.flush(30)
 
     col = CrashBeforeCommit(rlhf_settings(tmp_path, kafka.bootstrap, topic, dlq, group))
-    col.run(until=_finalized(turns), timeout_s=60)
+    col.run(until=_finalized(turns), timeout_s=180)
     col.close()
 
     # restart: no offsets were committed, so everything is replayed, and skipped as already present
     col = Collector(rlhf_settings(tmp_path, kafka.bootstrap, topic, dlq, group))
-    col.run(until=lambda c: c.totals.duplicates >= n_events, timeout_s=60)
+    col.run(until=lambda c: c.totals.duplicates >= n_events, timeout_s=180)
     assert col.totals.duplicates == n_events and col.totals.events == 0 and col.totals.pairs == 0
     col.close()
 
@@ -155,7 +155,7 @@ def test_collector_restart_resumes_without_duplicates(kafka, tmp_path):
     assert log.flush(30)
     log.close()
     col = Collector(rlhf_settings(tmp_path, kafka.bootstrap, topic, dlq, group))
-    col.run(until=_finalized(turns), timeout_s=60)
+    col.run(until=_finalized(turns), timeout_s=180)
     assert col.totals.duplicates == 0
     col.close()
     col = Collector(rlhf_settings(tmp_path, kafka.bootstrap, topic, dlq, group))
@@ -183,7 +183,7 @@ def test_malformed_event_goes_to_dead_letter_and_collector_goes_on(kafka, tmp_pa
 
     col = Collector(rlhf_settings(tmp_path, kafka.bootstrap, topic, dlq, "g-" + uuid.uuid4().hex))
     try:
-        col.run(until=_finalized(turns), timeout_s=60)
+        col.run(until=_finalized(turns), timeout_s=180)
         assert col.totals.dead_lettered == 2
         assert len(_pairs_by_turn(col)) == turns
     finally:

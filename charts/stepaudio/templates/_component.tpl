@@ -465,7 +465,8 @@ spec:
 
 {{/*
 NetworkPolicy: ingress on the gRPC port only from pods of this release (the gateway alone is open to the
-networkPolicy.gateway.from peers, everyone when empty); metrics only from the monitoring namespace.
+networkPolicy.gateway.from peers, everyone when empty); metrics only from the monitoring namespace. Egress
+(networkPolicy.egress.enabled): DNS, the release's own pods and networkPolicy.egress.dependencies only.
 */}}
 {{- define "stepaudio.component.networkPolicy" -}}
 {{- $c := index .ctx.Values .name -}}
@@ -482,7 +483,22 @@ spec:
   podSelector:
     matchLabels:
       {{- include "stepaudio.selectorLabels" . | nindent 6 }}
-  policyTypes: [Ingress]
+  policyTypes: [Ingress{{ if $np.egress.enabled }}, Egress{{ end }}]
+  {{- if $np.egress.enabled }}
+  egress:
+    - ports:{{/* DNS */}}
+        - port: 53
+          protocol: UDP
+        - port: 53
+          protocol: TCP
+    - to:{{/* the other components of this release */}}
+        - podSelector:
+            matchLabels:
+              {{- include "stepaudio.selectorLabels" (dict "ctx" .ctx "name" "") | nindent 14 }}
+    {{- with $np.egress.dependencies }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- end }}
   {{- if eq .name "rlhf" }}
   ingress: []{{/* worker: accepts no connections */}}
   {{- else }}
