@@ -22,3 +22,5 @@ KAFKA_UP = Gauge("stepaudio_convlog_kafka_connected",
 DELIVERY_LAG = Gauge("stepaudio_convlog_delivery_lag_seconds",
                      "Seconds since Kafka last acknowledged an event while events are pending (0 when none are).")
 CUT = Counter("stepaudio_convlog_cut_events_total", "Events whose long texts were cut to fit max_event_bytes.")
+SPOOL_WRITE_FAILING = Gauge("stepaudio_convlog_spool_write_failing",
+                            "ALARM: 1 while the spool refuses writes (disk full): events are held in memory.")

@@ -414,13 +414,34 @@ class ConversationLogger:
         return ev
 
     def _writer_loop(self) -> None:
+        """Build events and append them to the spool. A failing disk (full, read-only) keeps the built records and
+        retries them with backoff; meanwhile new events wait in the bounded memory queue (emit() never blocks; past
+        queue_max_events it drops and counts). Nothing accepted is dropped unless the logger is closed first."""
         assert self.spool is not None
         spool = self.spool
         wait_s = spool.fsync_interval_s if spool.fsync_policy == "interval" else 0.1
+        unwritten: list[bytes] = []  # built records the spool refused, in order
+        unwritten_items = 0
+        backoff = 0.0
         while True:
-            self._wake_writer.wait(timeout=wait_s)
+            self._wake_writer.wait(timeout=backoff or wait_s)
             self._wake_writer.clear()
-            while self._queue:
+            if unwritten:
+                try:
+                    spool.append_many(unwritten)
+                except OSError as exc:
+                    backoff = min(max(backoff * 2, 0.25), 5.0)
+                    if self._stop.is_set():
+                        log.error("convlog: spool still failing at close (%s); %d events dropped", exc, len(unwritten))
+                        metrics.DROPPED.labels("spool_error").inc(len(unwritten))
+                        return
+                    continue
+                log.info("convlog: spool writable again; %d held events written", len(unwritten))
+                metrics.SPOOL_WRITE_FAILING.set(0)
+                self._written += unwritten_items
+                unwritten, unwritten_items, backoff = [], 0, 0.0
+                self._wake_sender.set()
+            while self._queue and not unwritten:
                 batch: list[Any] = []
                 while self._queue and len(batch) < 256:
                     batch.append(self._queue.popleft())
@@ -441,14 +462,16 @@ class ConversationLogger:
                         metrics.DROPPED.labels("build_error").inc()
                 try:
                     spool.append_many(payloads)
-                except OSError:
-                    log.exception("convlog: spool write failed; %d events dropped", len(payloads))
-                    metrics.DROPPED.labels("spool_error").inc(len(payloads))
+                except OSError as exc:  # disk full or failing: hold these, retry, never drop what was accepted
+                    log.error("convlog: spool write failed (%s); holding %d events and retrying", exc, len(payloads))
+                    metrics.SPOOL_WRITE_FAILING.set(1)
+                    unwritten, unwritten_items, backoff = payloads, len(batch), 0.25
+                    break
                 self._written += len(batch)
                 metrics.QUEUE_DEPTH.set(len(self._queue))
                 self._wake_sender.set()
             spool.maybe_sync()
-            if self._stop.is_set() and not self._queue:
+            if self._stop.is_set() and not self._queue and not unwritten:
                 return
 
     # ------------------------------------------------------------------ sender thread

@@ -7,12 +7,14 @@ PERMISSION_DENIED).
 
 * API keys file (JSON): ``[{"tenant": "acme", "sha256": "<hex sha256 of the key>", "name": "web app"}]``. Keys
   are never stored in clear; a presented key is hashed and looked up, and the digests compared in constant time.
-* JWKS file (JSON, RFC 7517): tokens signed by one of its keys (RS256/ES256/EdDSA), with ``exp``, the configured
-  ``aud`` and ``iss``; the tenant is the ``jwt_tenant_claim`` claim (default ``tenant``).
+* JWKS (RFC 7517) from a file, or from a URL (fetched off the event loop, cached for ``jwks_cache_s``): tokens
+  signed by one of its keys (RS256/ES256/EdDSA), with ``exp``, the configured ``aud`` and ``iss``; the tenant is
+  the ``jwt_tenant_claim`` claim (default ``tenant``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -55,17 +57,23 @@ class Authenticator:
                                      "64 hex characters")
                 self._keys[digest] = (str(entry["tenant"]), str(entry.get("name", digest[:8])))
         self._jwks: dict[str, Any] = {}
+        self._jwks_client: Any = None
         if settings.jwks_file:
             import jwt
 
             for jwk in json.loads(Path(settings.jwks_file).read_text())["keys"]:
                 self._jwks[jwk.get("kid", "")] = jwt.PyJWK(jwk)
+        if settings.jwks_url:
+            import jwt
+
+            self._jwks_client = jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=settings.jwks_cache_s,
+                                                timeout=5)
 
     @property
     def enabled(self) -> bool:
-        return bool(self._keys or self._jwks)
+        return bool(self._keys or self._jwks or self._jwks_client)
 
-    def identify(self, metadata: Iterable[tuple[str, Any]] | None) -> Identity | None:
+    async def identify(self, metadata: Iterable[tuple[str, Any]] | None) -> Identity | None:
         """The caller's identity from ``authorization: Bearer``; raises UNAUTHENTICATED with what to fix."""
         if not self.enabled:
             return None
@@ -73,9 +81,25 @@ class Authenticator:
         if not header.startswith("Bearer ") or not header[7:].strip():
             raise unauthenticated("send 'authorization: Bearer <API key or JWT>'")
         token = header[7:].strip()
-        if token.count(".") == 2 and self._jwks:
-            return self._jwt(token)
+        if token.count(".") == 2 and (self._jwks or self._jwks_client):
+            key = await self._signing_key(token)
+            return self._jwt(token, key)
         return self._api_key(token)
+
+    async def _signing_key(self, token: str) -> Any:
+        import jwt
+
+        try:
+            kid = jwt.get_unverified_header(token).get("kid", "")
+            if kid in self._jwks or (len(self._jwks) == 1 and self._jwks_client is None):
+                return self._jwks.get(kid) or next(iter(self._jwks.values()))
+            if self._jwks_client is not None:
+                return await asyncio.to_thread(self._jwks_client.get_signing_key_from_jwt, token)
+        except jwt.PyJWKClientError as e:
+            raise unauthenticated(f"JWT key not found ({e})") from None
+        except jwt.PyJWTError as e:
+            raise unauthenticated(f"invalid JWT: {e}") from None
+        raise unauthenticated("JWT signed by an unknown key (kid)")
 
     def _api_key(self, key: str) -> Identity:
         digest = hashlib.sha256(key.encode()).hexdigest()
@@ -87,15 +111,11 @@ class Authenticator:
             raise unauthenticated("unknown API key")
         return Identity(tenant=match[0], subject=match[1])
 
-    def _jwt(self, token: str) -> Identity:
+    def _jwt(self, token: str, key: Any) -> Identity:
         import jwt
 
         s = self.settings
         try:
-            kid = jwt.get_unverified_header(token).get("kid", "")
-            key = self._jwks.get(kid) or (next(iter(self._jwks.values())) if len(self._jwks) == 1 else None)
-            if key is None:
-                raise unauthenticated("JWT signed by an unknown key (kid)")
             claims = jwt.decode(token, key=key.key, algorithms=_ALGORITHMS, audience=s.jwt_audience or None,
                                 issuer=s.jwt_issuer or None, options={"require": ["exp"]})
         except jwt.PyJWTError as e:

@@ -84,7 +84,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         if len(self.sessions) >= self.settings.max_sessions:
             raise StageError(f"gateway is at max_sessions={self.settings.max_sessions}; retry later",
                              grpc.StatusCode.RESOURCE_EXHAUSTED)
-        identity = self.auth.identify(context.invocation_metadata() if context is not None else None)
+        identity = await self.auth.identify(context.invocation_metadata() if context is not None else None)
         config, rest = await config_first(request_iterator)
         if identity is not None:  # the tenant is the credential's, whatever the config says
             if config.tenant and config.tenant != identity.tenant:
@@ -177,7 +177,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
     async def ListVoices(  # noqa: N802
         self, request: pb.ListVoicesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListVoicesResponse:
-        self.auth.identify(context.invocation_metadata() if context is not None else None)
+        await self.auth.identify(context.invocation_metadata() if context is not None else None)
         await self.stages.refresh_catalogs()
         return pb.ListVoicesResponse(voices=[
             pb.Voice(name=v.name, languages=v.languages, sample_rate_hz=v.sample_rate_hz)

@@ -77,6 +77,9 @@ class GatewaySettings(ServiceSettings):
                                                "hashed; the tenant comes from the key.")
     jwks_file: str = Field("", description="JWKS (RFC 7517) file: JWTs signed by its keys are accepted (verified "
                                            "offline); the tenant comes from jwt_tenant_claim.")
+    jwks_url: str = Field("", description="JWKS URL (e.g. the identity provider's jwks_uri): keys fetched off the "
+                                          "event loop and cached.")
+    jwks_cache_s: int = Field(300, ge=1, description="How long keys fetched from jwks_url are cached, in seconds.")
     jwt_audience: str = Field("", description="Required JWT 'aud' (empty: not checked).")
     jwt_issuer: str = Field("", description="Required JWT 'iss' (empty: not checked).")
     jwt_tenant_claim: str = Field("tenant", description="JWT claim that names the tenant.")

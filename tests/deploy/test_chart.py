@@ -238,6 +238,12 @@ def test_gateway_auth_from_a_secret() -> None:
     assert env["STEPAUDIO_GATEWAY_JWKS_FILE"] == "/etc/stepaudio/auth/jwks.json"
     assert env["STEPAUDIO_GATEWAY_JWT_AUDIENCE"] == "voice"
     assert {"name": "auth", "secret": {"secretName": "gw-auth"}} in spec["volumes"]
+    idp = next(d for d in render("embedded", "--set", "gateway.auth.jwksUrl=https://idp.example/jwks",
+                                 "--set", "gateway.auth.jwtIssuer=https://idp.example")
+               if d["kind"] == "Deployment" and _component(d) == "gateway")
+    idp_env = {e["name"]: e.get("value") for e in idp["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert idp_env["STEPAUDIO_GATEWAY_JWKS_URL"] == "https://idp.example/jwks"
+    assert idp_env["STEPAUDIO_GATEWAY_JWT_ISSUER"] == "https://idp.example"
     plain = next(d for d in render("embedded") if d["kind"] == "Deployment" and _component(d) == "gateway")
     assert "STEPAUDIO_GATEWAY_API_KEYS_FILE" not in {e["name"] for e in plain["spec"]["template"]["spec"][
         "containers"][0]["env"]}

@@ -341,3 +341,35 @@ def test_barge_in_is_a_weak_negative_signal() -> None:
     assert build_pairs([turn, alt, low]) == []  # the alternative scored 2: no preference
     up = _ev("feedback_given", "e4", 3, target_turn_id="t", target_alternative_index=0, thumbs=logs_pb2.THUMBS_UP)
     assert build_pairs([turn, alt, up]) == []  # the user liked the interrupted reply: the weak signal yields
+
+
+def test_a_full_disk_holds_the_events_and_writes_them_when_it_has_room(tmp_path) -> None:
+    import errno
+    import time
+
+    from services.convlog import ConversationLogger, ConvlogSettings
+    from services.convlog.producer import read_spooled_events
+
+    log = ConversationLogger(ConvlogSettings(spool_dir=tmp_path / "spool", audio_dir=tmp_path / "audio",
+                                             bootstrap_servers="")).start()
+    assert log.spool is not None
+    real = log.spool.append_many
+    failures = {"left": 6}
+
+    def full_disk(payloads):
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(payloads)
+
+    log.spool.append_many = full_disk  # type: ignore[method-assign]
+    try:
+        ids = [log.feedback(session_id="s", turn_id=f"t{i}", rating=3) for i in range(20)]
+        time.sleep(0.3)
+        ids += [log.feedback(session_id="s", turn_id=f"u{i}", rating=4) for i in range(20)]
+        assert log.flush(30), log.stats()
+        spooled = [e.event_id for e in read_spooled_events(log.spool)]
+    finally:
+        log.close()
+    assert failures["left"] == 0
+    assert sorted(spooled) == sorted(ids)  # every accepted event, none lost, none twice

@@ -124,6 +124,16 @@ spec:
               value: {{ $c.audioBaseUri | quote }}
             - name: STEPAUDIO_GATEWAY_MAX_SESSIONS
               value: {{ $c.maxSessions | quote }}
+            {{- if $c.auth.jwksUrl }}
+            - name: STEPAUDIO_GATEWAY_JWKS_URL
+              value: {{ $c.auth.jwksUrl | quote }}
+            {{- end }}
+            {{- if or $c.auth.jwksUrl (and $c.auth.existingSecret $c.auth.jwks) }}
+            - name: STEPAUDIO_GATEWAY_JWT_AUDIENCE
+              value: {{ $c.auth.jwtAudience | quote }}
+            - name: STEPAUDIO_GATEWAY_JWT_ISSUER
+              value: {{ $c.auth.jwtIssuer | quote }}
+            {{- end }}
             {{- if $c.auth.existingSecret }}
             {{- if $c.auth.apiKeys }}
             - name: STEPAUDIO_GATEWAY_API_KEYS_FILE
@@ -132,10 +142,6 @@ spec:
             {{- if $c.auth.jwks }}
             - name: STEPAUDIO_GATEWAY_JWKS_FILE
               value: /etc/stepaudio/auth/jwks.json
-            - name: STEPAUDIO_GATEWAY_JWT_AUDIENCE
-              value: {{ $c.auth.jwtAudience | quote }}
-            - name: STEPAUDIO_GATEWAY_JWT_ISSUER
-              value: {{ $c.auth.jwtIssuer | quote }}
             {{- end }}
             {{- end }}
             - name: STEPAUDIO_GATEWAY_LLM_INPUT
