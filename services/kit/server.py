@@ -85,9 +85,14 @@ class GrpcServer:
         self._watch: asyncio.Task | None = None
         self._draining = False
         self.down: list[str] = []  # required dependencies down at the last check
+        self._health_server: grpc.aio.Server | None = None
+        self.health_port = 0
 
-    async def _set_health(self, status: int) -> None:
-        for svc in ["", *(s.full_name for s in self.specs)]:
+    async def _set_health(self, status: int, liveness: bool = False) -> None:
+        """Readiness: the "" and per-service entries (NOT_SERVING until warm, while a dependency is down, while
+        draining). ``liveness`` also sets the "liveness" entry, which stays SERVING from warm-up to exit so that a
+        down dependency or a drain never gets the process restarted."""
+        for svc in ["", *(s.full_name for s in self.specs), *(["liveness"] if liveness else [])]:
             await self.health.set(svc, status)
 
     async def start(self) -> int:
@@ -102,7 +107,7 @@ class GrpcServer:
         reflection.enable_server_reflection(
             [s.full_name for s in self.specs] + [health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING, liveness=True)
         addr = f"{self.settings.host}:{self.settings.port}"
         if self.settings.tls_cert_file or self.settings.tls_key_file:
             if not (self.settings.tls_cert_file and self.settings.tls_key_file):
@@ -113,11 +118,18 @@ class GrpcServer:
             self.port = self.server.add_secure_port(addr, creds)
         else:
             self.port = self.server.add_insecure_port(addr)
+        if self.settings.health_port >= 0 and (self.settings.tls_cert_file or self.settings.health_port):
+            # Health alone, in plaintext, for probes that cannot speak TLS (kubelet's native gRPC probes).
+            self._health_server = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+            health_addr = f"{self.settings.host}:{self.settings.health_port}"
+            self.health_port = self._health_server.add_insecure_port(health_addr)
+            await self._health_server.start()
         await self.server.start()
         log.info("listening", port=self.port, profile=self.settings.profile)
         if self._warmup is not None:
             await self._warmup()
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING, liveness=True)
         log.info("serving", port=self.port)
         if self._dependencies_down is not None:
             self._watch = asyncio.create_task(self._watch_dependencies(self._dependencies_down))
@@ -150,6 +162,8 @@ class GrpcServer:
         if self._on_drain is not None:
             await self._on_drain()
         await self.server.stop(self.settings.drain_grace_s if grace is None else grace)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         if self._on_stopped is not None:
             try:
                 await self._on_stopped()

@@ -30,4 +30,6 @@ class ServiceSettings(BaseSettings):
                                             "credential internal callers send).")
     tls_cert_file: str = Field("", description="PEM certificate chain: serve TLS on the port (with tls_key_file).")
     tls_key_file: str = Field("", description="PEM private key of tls_cert_file.")
+    health_port: int = Field(-1, description="Plaintext port serving grpc.health.v1 only (for probes that cannot "
+                                             "speak TLS); -1 = none, 0 = any free port when TLS is on.")
     model_threads: int = Field(1, description="CPU threads a model may use (keep the sum under the core count).")

@@ -279,6 +279,24 @@ def test_network_policies_deny_egress_but_dns_release_and_dependencies() -> None
     assert all(d["spec"]["policyTypes"] == ["Ingress"] and "egress" not in d["spec"] for d in open_)
 
 
+def test_gateway_tls_keeps_probes_on_a_plaintext_health_port() -> None:
+    def gateway(*args: str) -> dict:
+        d = next(d for d in render("embedded", *args) if d["kind"] == "Deployment" and _component(d) == "gateway")
+        return d["spec"]["template"]["spec"]
+
+    spec = gateway("--set", "gateway.tls.existingSecret=gw-tls")
+    c = spec["containers"][0]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["STEPAUDIO_GATEWAY_TLS_CERT_FILE"] == "/etc/stepaudio/tls/tls.crt"
+    assert env["STEPAUDIO_GATEWAY_HEALTH_PORT"] == "8081"
+    assert all(c[p]["grpc"]["port"] == 8081 for p in ("startupProbe", "readinessProbe", "livenessProbe"))
+    assert c["livenessProbe"]["grpc"]["service"] == "liveness"
+    assert {"name": "tls", "secret": {"secretName": "gw-tls"}} in spec["volumes"]
+    plain = gateway()["containers"][0]
+    assert plain["readinessProbe"]["grpc"]["port"] == 50051 and "STEPAUDIO_GATEWAY_TLS_CERT_FILE" not in {
+        e["name"] for e in plain["env"]}
+
+
 def test_hpas() -> None:
     docs = render("stepaudio")
     hpas = {_component(d): d for d in docs if d["kind"] == "HorizontalPodAutoscaler"}

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from gateway_fakes import FakeStages
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.gateway.server import SERVICE_NAME, ConversationServicer
 from services.gateway.settings import GatewaySettings
@@ -48,7 +49,7 @@ def self_signed(tmp: Path) -> tuple[Path, Path, bytes]:
 async def test_the_public_port_serves_tls(tmp_path: Path) -> None:
     crt, key, pem = self_signed(tmp_path)
     settings = GatewaySettings(port=0, host="127.0.0.1", log_json=False, log_level="WARNING", conversation_log=False,
-                               tls_cert_file=str(crt), tls_key_file=str(key))
+                               tls_cert_file=str(crt), tls_key_file=str(key), health_port=0)
     servicer = ConversationServicer(FakeStages(), MemoryStore(), settings)
     server = GrpcServer("gateway-tls-test", settings, [ServiceSpec(
         SERVICE_NAME, conversation_pb2_grpc.add_ConversationServiceServicer_to_server, servicer)])
@@ -64,6 +65,15 @@ async def test_the_public_port_serves_tls(tmp_path: Path) -> None:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as plain:
             with pytest.raises(grpc.aio.AioRpcError):
                 await Conversation(plain, session_config(16000)).finish(10)  # plaintext is refused
+        # Probes that cannot speak TLS get health (and only health) on the plaintext health port.
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.health_port}") as probe:
+            stub = health_pb2_grpc.HealthStub(probe)
+            for service in ("", "liveness"):
+                resp = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+                assert resp.status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await Conversation(probe, session_config(16000)).finish(10)
+            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
     finally:
         await server.stop(0)
 

@@ -92,10 +92,11 @@ async def gateway_for(stack: Stack, own: dict[str, Service], **overrides: object
     return server
 
 
-async def health(addr: str) -> int:
+async def health(addr: str, service: str = "") -> int:
     async with grpc.aio.insecure_channel(addr) as ch:
         try:
-            resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2)
+            resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service),
+                                                              timeout=2)
         except grpc.aio.AioRpcError:
             return -1
         return resp.status
@@ -167,6 +168,8 @@ async def test_a_killed_vad_flips_health_and_sessions_hear_again_after_it_return
             await asyncio.sleep(1.0)
             stages["vad"].signal(signal.SIGKILL)
             await wait_health(addr, health_pb2.HealthCheckResponse.NOT_SERVING, 10)
+            # Not ready, but alive: kubelet must not restart a gateway because a stage is down.
+            assert await health(addr, "liveness") == health_pb2.HealthCheckResponse.SERVING
             await asyncio.sleep(1.0)
             stages["vad"].start()  # back on the same port
             await wait_health(addr, health_pb2.HealthCheckResponse.SERVING, 20)

@@ -144,6 +144,14 @@ spec:
               value: /etc/stepaudio/auth/jwks.json
             {{- end }}
             {{- end }}
+            {{- if $c.tls.existingSecret }}
+            - name: STEPAUDIO_GATEWAY_TLS_CERT_FILE
+              value: /etc/stepaudio/tls/tls.crt
+            - name: STEPAUDIO_GATEWAY_TLS_KEY_FILE
+              value: /etc/stepaudio/tls/tls.key
+            - name: STEPAUDIO_GATEWAY_HEALTH_PORT
+              value: {{ $c.tls.healthPort | quote }}
+            {{- end }}
             - name: STEPAUDIO_GATEWAY_LLM_INPUT
               value: {{ ternary "audio_tokens" "transcript" (eq $v.profile "stepaudio") | quote }}
             - name: STEPAUDIO_GATEWAY_TENANT_MAX_SESSIONS
@@ -237,19 +245,20 @@ spec:
           {{- else }}
           startupProbe:
             grpc:
-              port: {{ $c.port }}
+              port: {{ include "stepaudio.healthPort" . }}
             periodSeconds: {{ $c.startupProbe.periodSeconds }}
             failureThreshold: {{ $c.startupProbe.failureThreshold }}
             timeoutSeconds: 3
           readinessProbe:
             grpc:
-              port: {{ $c.port }}
+              port: {{ include "stepaudio.healthPort" . }}
             periodSeconds: 5
             failureThreshold: 2
             timeoutSeconds: 3
           livenessProbe:
             grpc:
-              port: {{ $c.port }}
+              port: {{ include "stepaudio.healthPort" . }}
+              service: liveness{{/* stays SERVING while a dependency is down or the pod drains */}}
             periodSeconds: 10
             failureThreshold: 6
             timeoutSeconds: 5
@@ -277,6 +286,11 @@ spec:
             {{- if $c.auth.existingSecret }}
             - name: auth
               mountPath: /etc/stepaudio/auth
+              readOnly: true
+            {{- end }}
+            {{- if $c.tls.existingSecret }}
+            - name: tls
+              mountPath: /etc/stepaudio/tls
               readOnly: true
             {{- end }}
             {{- end }}
@@ -311,6 +325,11 @@ spec:
         - name: auth
           secret:
             secretName: {{ $c.auth.existingSecret }}
+        {{- end }}
+        {{- if $c.tls.existingSecret }}
+        - name: tls
+          secret:
+            secretName: {{ $c.tls.existingSecret }}
         {{- end }}
         {{- end }}
         {{- if $worker }}
@@ -540,4 +559,16 @@ spec:
               {{- include "stepaudio.selectorLabels" (dict "ctx" .ctx "name" "") | nindent 14 }}
   {{- end }}
 {{- end }}
+{{- end -}}
+
+
+{{/* The port kubelet's gRPC probes use: the service port, or the plaintext health port when the gateway serves
+TLS (native gRPC probes cannot speak TLS). */}}
+{{- define "stepaudio.healthPort" -}}
+{{- $c := index .ctx.Values .name -}}
+{{- if and (eq .name "gateway") $c.tls.existingSecret -}}
+{{- $c.tls.healthPort -}}
+{{- else -}}
+{{- $c.port -}}
+{{- end -}}
 {{- end -}}
