@@ -70,8 +70,8 @@ class GatewaySettings(ServiceSettings):
     )
     conversation_log: bool = Field(True, description="Write conversation events to the log spool / Kafka.")
 
-    stage_token: str = Field("", description="Service credential sent to every stage (their AUTH_TOKEN); set both "
-                                             "from one Secret.")
+    stage_token: str = Field("", description="Shared secret of the stages (their AUTH_TOKEN): every stage call carries "
+                                             "a short-lived credential signed with it; set both from one Secret.")
     # ---- identity: with either file set, every call needs 'authorization: Bearer <API key or JWT>' ----
     api_keys_file: str = Field("", description="JSON list of {tenant, sha256 (of the key), name}: API keys, stored "
                                                "hashed; the tenant comes from the key.")

@@ -8,7 +8,6 @@ servicer becomes a gRPC status with its message. Client side, the current contex
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -18,6 +17,7 @@ import structlog
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from services.kit import credentials
 from services.kit.errors import StageError
 from services.kit.telemetry import meter, tracer
 
@@ -95,9 +95,11 @@ class _RpcScope:
         self.owner, self.method, self.md, self.context = owner, method, md, context
 
     async def __aenter__(self) -> trace.Span:
-        token = self.owner._auth_token
-        if token and not hmac.compare_digest(self.md.get("authorization", "").encode(), f"Bearer {token}".encode()):
-            await self.context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong 'authorization: Bearer' token")
+        secret = self.owner._auth_token
+        header = self.md.get("authorization", "")
+        if secret and not (header.startswith("Bearer ") and credentials.verify(secret, header[7:])):
+            await self.context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing, wrong or expired service credential "
+                                     "('authorization: Bearer' signed with the shared secret)")
         self.t0 = time.perf_counter()
         parent = propagate.extract(self.md)
         self.span_cm = tracer().start_as_current_span(
@@ -168,13 +170,22 @@ class _RpcScope:
 class _ClientMetadata:
     """Adds the W3C trace context and, when configured, the service credential to an outgoing call."""
 
-    def __init__(self, token: str = "") -> None:
-        self._auth = (("authorization", f"Bearer {token}"),) if token else ()
+    def __init__(self, secret: str = "") -> None:
+        self._secret = secret
+        self._token, self._fresh_until = "", 0.0
+
+    def _auth(self) -> list[tuple[str, str]]:
+        if not self._secret:
+            return []
+        now = time.time()
+        if now >= self._fresh_until:  # a new signed token every minute (each is valid for a few)
+            self._token, self._fresh_until = credentials.sign(self._secret, now), now + 60
+        return [("authorization", f"Bearer {self._token}")]
 
     def details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
-        metadata = list(details.metadata or ()) + list(carrier.items()) + list(self._auth)
+        metadata = list(details.metadata or ()) + list(carrier.items()) + self._auth()
         return grpc.aio.ClientCallDetails(
             details.method, details.timeout, grpc.aio.Metadata(*metadata), details.credentials, details.wait_for_ready
         )
@@ -201,8 +212,8 @@ class _StreamStreamTracing(_ClientMetadata, grpc.aio.StreamStreamClientIntercept
 
 
 def client_tracing_interceptors(token: str = "") -> list[grpc.aio.ClientInterceptor]:
-    """Interceptors that inject the current W3C trace context (and the service credential ``token``, if set) into
-    every outgoing call.
+    """Interceptors that inject the current W3C trace context (and a service credential signed with the shared
+    secret ``token``, if set) into every outgoing call.
 
     One instance per call type: grpc.aio files an interceptor under the first call type it matches only.
     """

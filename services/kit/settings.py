@@ -26,8 +26,8 @@ class ServiceSettings(BaseSettings):
     )
     max_message_bytes: int = Field(8 * 1024 * 1024, description="Largest gRPC message accepted or sent, in bytes.")
     drain_grace_s: float = Field(10.0, description="On SIGTERM: seconds live RPCs get to finish before the stop.")
-    auth_token: str = Field("", description="If set, every RPC must carry 'authorization: Bearer <token>' (the service "
-                                            "credential internal callers send).")
+    auth_token: str = Field("", description="Shared secret: if set, every RPC must carry a service credential signed "
+                                            "with it (services.kit.credentials; the secret never travels).")
     tls_cert_file: str = Field("", description="PEM certificate chain: serve TLS on the port (with tls_key_file).")
     tls_key_file: str = Field("", description="PEM private key of tls_cert_file.")
     health_port: int = Field(-1, description="Plaintext port serving grpc.health.v1 only (for probes that cannot "

@@ -89,11 +89,17 @@ async def test_stages_require_the_service_credential_and_the_gateway_sends_it() 
         request = tools_pb2.ExecuteToolRequest(name="calculator", arguments_json=json.dumps({"expression": "6*7"}))
         good = GrpcStages(GatewaySettings(tools_addr=addr, stage_token="s3cret", conversation_log=False))
         assert json.loads((await good.execute_tool(request, 5)).result_json)["result"] == 42
-        bad = GrpcStages(GatewaySettings(tools_addr=addr, conversation_log=False))
-        with pytest.raises(StageError) as info:
-            await bad.execute_tool(request, 5)
-        assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+        for wrong in ("", "other-secret"):
+            bad = GrpcStages(GatewaySettings(tools_addr=addr, stage_token=wrong, conversation_log=False))
+            with pytest.raises(StageError) as info:
+                await bad.execute_tool(request, 5)
+            assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+            await bad.close()
+        async with grpc.aio.insecure_channel(addr) as raw:  # the secret itself, sent as a bearer: refused
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await tools_pb2_grpc.ToolsServiceStub(raw).ExecuteTool(request, timeout=5,
+                                                                        metadata=(("authorization", "Bearer s3cret"),))
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         await good.close()
-        await bad.close()
     finally:
         await tools.stop(0)
