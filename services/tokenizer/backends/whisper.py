@@ -16,6 +16,37 @@ from services.tokenizer.backends.base import AsrBackend, AsrResult
 from services.tokenizer.settings import TokenizerSettings
 
 _FRAMES_PER_S = 100  # Whisper mel: hop 160 at 16 kHz
+_MAX_COMPRESSION = 2.4  # Whisper's own threshold for a looping decode (gzip ratio of the text)
+
+
+def compression_ratio(text: str) -> float:
+    import zlib
+
+    data = text.encode()
+    return len(data) / max(len(zlib.compress(data)), 1)
+
+
+def collapse_repeats(text: str) -> str:
+    """Drop immediate repetitions of a sentence or a phrase of 2-12 words ("Turn it on. Turn it on. Turn it on.").
+
+    Whisper loops on short or clipped utterances; a person rarely says the same phrase twice in a row, and a
+    voice turn that did is still understood from one copy.
+    """
+    words = text.split()
+    key = [w.lower().strip(".,!?;:") for w in words]
+    out: list[str] = []
+    out_key: list[str] = []
+    i = 0
+    while i < len(words):
+        for n in range(min(12, len(out_key)), 1, -1):  # the longest phrase that just repeats
+            if out_key[-n:] == key[i:i + n]:
+                i += n
+                break
+        else:
+            out.append(words[i])
+            out_key.append(key[i])
+            i += 1
+    return " ".join(out)
 
 
 def default_model_dir() -> str:
@@ -65,7 +96,7 @@ class WhisperAsr(AsrBackend):
                 continue
             texts.append(seg.text.strip())
             logprobs.append(seg.avg_logprob)
-        text = " ".join(t for t in texts if t)
+        text = collapse_repeats(" ".join(t for t in texts if t))
         conf = math.exp(sum(logprobs) / len(logprobs)) if logprobs else 0.0
         return AsrResult(text, float(min(max(conf, 0.0), 1.0)))
 
@@ -93,7 +124,9 @@ class WhisperAsr(AsrBackend):
         avg_logprob = result.scores[0] / max(len(tokens) + 1, 1)
         if result.no_speech_prob > 0.6 and avg_logprob < -1.0:
             return AsrResult("", 0.0)
-        text = self.tokenizer.decode(tokens).strip()
+        text = collapse_repeats(self.tokenizer.decode(tokens).strip())
         if not any(ch.isalnum() for ch in text):
             return AsrResult("", 0.0)
+        if len(text) > 40 and compression_ratio(text) > _MAX_COMPRESSION:
+            return self.transcribe(samples, full_window=True)  # still looping: the standard path's fallbacks
         return AsrResult(text, float(min(max(math.exp(avg_logprob), 0.0), 1.0)))

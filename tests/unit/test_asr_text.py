@@ -1,0 +1,25 @@
+"""Whisper's looping output on short real-speech clips: repeated sentences and phrases collapse to one copy."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.tokenizer.backends.whisper import collapse_repeats, compression_ratio
+
+
+@pytest.mark.parametrize(("heard", "meant"), [
+    ("Turn on the lights. Turn on the lights. Turn on the lights.", "Turn on the lights."),
+    ("Please hold. Please hold. Please hold. Please hold. Please hold.", "Please hold."),
+    ("Call my mom, call my mom, call my mom", "Call my mom,"),
+    ("What time is it in Tokyo right now?", "What time is it in Tokyo right now?"),
+    ("I said no no to that", "I said no no to that"),  # one-word repeats are speech, not a loop
+    ("The capital of France is Paris.", "The capital of France is Paris."),
+    ("", ""),
+])
+def test_repeats_collapse(heard: str, meant: str) -> None:
+    assert collapse_repeats(heard) == meant
+
+
+def test_compression_ratio_flags_a_loop() -> None:
+    assert compression_ratio("Thank you. " * 20) > 2.4
+    assert compression_ratio("What is the capital of France? I would like to know it before my trip.") < 2.4
