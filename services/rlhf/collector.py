@@ -62,6 +62,7 @@ class Collector:
 
     def __init__(self, settings: RlhfSettings | None = None) -> None:
         self._manifest_at = 0.0
+        self._manifest_dirty = False
         self.settings = s = settings or RlhfSettings()
         self.store = DatasetStore(s.dataset_dir)
         self._stop = threading.Event()
@@ -250,7 +251,11 @@ class Collector:
         polled = self.consumer.poll(timeout_ms=self.settings.poll_timeout_ms)
         records = [r for recs in polled.values() for r in recs]
         res = self.process(records) if records else BatchResult()
-        if self.maybe_flush_shard() is None and records:
+        if records:
+            self._manifest_dirty = True
+        if self.maybe_flush_shard() is not None:
+            self._manifest_dirty = False  # flush_shard wrote it
+        elif self._manifest_dirty:
             self.maybe_write_manifest()
         if records:
             self.commit_offsets()
@@ -262,6 +267,7 @@ class Collector:
         if time.monotonic() - self._manifest_at >= 1.0:
             self.store.write_manifest()
             self._manifest_at = time.monotonic()
+            self._manifest_dirty = False
 
     def run(self, until: Callable[[Collector], bool] | None = None, timeout_s: float | None = None) -> BatchResult:
         """Consume until stop(), ``until(self)`` is true, or ``timeout_s``; flushes pending pairs on the way out."""
