@@ -39,7 +39,12 @@ def _print_result(result: object, out: Path | None) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from stepaudio.stack import Stack
 
-    stack = Stack(run_dir=Path(args.run_dir), otlp_endpoint=args.otlp_endpoint)
+    stack = Stack(run_dir=Path(args.run_dir), otlp_endpoint=args.otlp_endpoint, profile=args.profile,
+                  model_dir=Path(args.model_dir) if args.model_dir else None)
+    if args.profile == "stepaudio" and not args.model_dir:
+        print("--profile stepaudio needs --model-dir DIR (`stepaudio models make-tiny DIR` writes a tiny one)",
+              file=sys.stderr)
+        return 2
     t0 = time.monotonic()
     stack.start(timeout=args.timeout, fixed_ports=not args.random_ports)
     print(f"all services healthy in {time.monotonic() - t0:.1f} s; gateway at {stack.gateway_addr}")
@@ -125,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--otlp-endpoint", default="", help="send traces and metrics to this OTLP/gRPC endpoint")
     p.add_argument("--random-ports", action="store_true", help="pick free ports instead of 50051-50057/8000-8002")
+    p.add_argument("--profile", choices=("embedded", "stepaudio"), default="embedded",
+                   help="embedded: small CPU models from packages; stepaudio: Step-Audio checkpoints from --model-dir "
+                        "(both Step1 models on Triton)")
+    p.add_argument("--model-dir", default="", help="stepaudio profile: the models folder (stepaudio models fetch / "
+                                                   "make-tiny layout)")
     p.set_defaults(fn=cmd_up)
 
     p = sub.add_parser("down", help="stop what `up` started")

@@ -62,6 +62,12 @@ class Stack:
     triton_ports: dict[str, int] = field(default_factory=dict)
     otlp_endpoint: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: embedded (small CPU models from packages) or stepaudio (Step-Audio checkpoints from ``model_dir``, both
+    #: Step1 models on Triton; the torch Step1 model serves them on CPU, e.g. a ``stepaudio models make-tiny`` store)
+    profile: str = "embedded"
+    model_dir: Path | None = None
+    #: extra tritonserver flags (e.g. --trace-config=... in tests)
+    triton_args: list[str] = field(default_factory=list)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @property
@@ -81,6 +87,10 @@ class Stack:
             env[prefix + "METRICS_PORT"] = str(self.metrics_ports.setdefault(name, free_port()))
         if self.otlp_endpoint:
             env[prefix + "OTLP_ENDPOINT"] = self.otlp_endpoint
+        if name in SERVICES:
+            env[prefix + "PROFILE"] = self.profile
+        if self.profile == "stepaudio" and name in SERVICES:
+            env.update(self._stepaudio_env(name, prefix))
         if name == "llm":
             env[prefix + "TRITON_URLS"] = f"127.0.0.1:{self.triton_ports['grpc']}"
         if name == "tokenizer":
@@ -95,6 +105,45 @@ class Stack:
         env.update(self.extra_env)
         return env
 
+    def _stepaudio_env(self, name: str, prefix: str) -> dict[str, str]:
+        root = str(self.model_dir)
+        triton = f"127.0.0.1:{self.triton_ports['grpc']}"
+        return {
+            "tokenizer": {prefix + "MODEL_DIR": f"{root}/Step-Audio-Tokenizer"},
+            "tts": {prefix + "MODEL_DIR": root, prefix + "LM_BACKEND": "triton", prefix + "TRITON_URLS": triton,
+                    prefix + "DEVICE": "cpu"},
+            "gateway": {prefix + "LLM_INPUT": "audio_tokens"},
+        }.get(name, {})
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        """Processes of this profile, in start order (HiFT runs inside TTS: no separate vocoder here)."""
+        return tuple(n for n in SERVICES if not (n == "vocoder" and self.profile == "stepaudio"))
+
+    @property
+    def triton_models(self) -> list[str]:
+        return ["step_audio_chat", "step_audio_tts"] if self.profile == "stepaudio" else ["embedded_llm"]
+
+    def _triton_repository(self) -> Path:
+        """embedded: models/triton. stepaudio: both Step1 models on the torch Triton model, generated for
+        ``model_dir`` into the run folder."""
+        if self.profile != "stepaudio":
+            return REPO_ROOT / "models" / "triton"
+        if self.model_dir is None:
+            raise ValueError("the stepaudio profile needs a models folder (--model-dir; `stepaudio models make-tiny "
+                             "DIR` writes a tiny one)")
+        from models.stepaudio import store
+        from models.trtllm.make_repo import make_torch_model
+
+        problems = [p for svc in ("tokenizer", "llm", "tts") for p in store.verify(self.model_dir, service=svc)]
+        if problems:
+            raise FileNotFoundError(f"{self.model_dir} is not a complete models folder: " + "; ".join(problems[:5]))
+        repo = self.run_dir / "triton-repository"
+        for profile, sub in (("chat", "Step-Audio-Chat"), ("tts", "Step-Audio-TTS-3B")):
+            make_torch_model(profile, repo, {"checkpoint_dir": str(Path(self.model_dir).resolve() / sub),
+                                             "device": "cpu", "threads": "1"})
+        return repo
+
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
         logs = self.run_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
@@ -108,22 +157,24 @@ class Stack:
     def start(self, timeout: float = 300.0, fixed_ports: bool = False) -> Stack:
         """Start Triton and every service; wait until all are healthy. Stops what it started on failure."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        for name in SERVICES:
+        for name in self.services:
             self.ports.setdefault(name, DEFAULT_PORTS[name] if fixed_ports else free_port())
         for kind, default in (("grpc", 8001), ("http", 8000), ("metrics", 8002)):
             self.triton_ports.setdefault(kind, default if fixed_ports else free_port())
         try:
             env = self._env("triton")
             triton = self._spawn("triton", [
-                "-m", "stepaudio.tritonserver", "--models", "embedded_llm",
+                "-m", "stepaudio.tritonserver", "--model-repository", str(self._triton_repository()),
+                "--models", *self.triton_models,
                 "--grpc-port", str(self.triton_ports["grpc"]), "--http-port", str(self.triton_ports["http"]),
-                "--metrics-port", str(self.triton_ports["metrics"])], env)
-            for name in SERVICES:
+                "--metrics-port", str(self.triton_ports["metrics"]), *(["--", *self.triton_args] if self.triton_args
+                                                                        else [])], env)
+            for name in self.services:
                 if name == "gateway":
                     continue
                 self._spawn(name, ["-m", f"services.{name}"], self._env(name))
             self._wait_triton(triton, timeout)
-            for name in SERVICES:
+            for name in self.services:
                 if name == "gateway":
                     continue
                 wait_healthy(self.addr(name), timeout, self.procs[name], name)
@@ -138,19 +189,22 @@ class Stack:
     def _wait_triton(self, proc: subprocess.Popen, timeout: float) -> None:
         import urllib.request
 
-        url = f"http://127.0.0.1:{self.triton_ports['http']}/v2/models/embedded_llm/ready"
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        waiting = list(self.triton_models)
+        while time.monotonic() < deadline and waiting:
             if proc.poll() is not None:
                 raise RuntimeError(f"tritonserver exited with code {proc.returncode}; see {self.run_dir}/logs")
+            url = f"http://127.0.0.1:{self.triton_ports['http']}/v2/models/{waiting[0]}/ready"
             try:
                 with urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310 - local URL
                     if r.status == 200:
-                        return
+                        waiting.pop(0)
+                        continue
             except OSError:
                 pass
             time.sleep(0.3)
-        raise TimeoutError("tritonserver model embedded_llm not ready")
+        if waiting:
+            raise TimeoutError(f"tritonserver models {waiting} not ready; see {self.run_dir}/logs/triton.log")
 
     def save(self) -> None:
         state = {"ports": self.ports, "metrics_ports": self.metrics_ports, "triton_ports": self.triton_ports,

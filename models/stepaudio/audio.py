@@ -28,11 +28,12 @@ def resample(audio: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
     return np.asarray(soxr.resample(x, src_rate, dst_rate, quality="VHQ"), dtype=np.float32)
 
 
-def peak_normalize(audio: np.ndarray, peak: float = 0.999) -> np.ndarray:
-    """Scale so that max |x| == peak (silence is returned unchanged)."""
+def peak_normalize(audio: np.ndarray, peak: float = 0.999, floor: float = 0.01) -> np.ndarray:
+    """The reference's ``x / max(max|x|, floor) * peak``: loud audio peaks at ``peak``; audio quieter than
+    ``floor`` is scaled by ``peak / floor`` only (near-silence is not blown up to full scale)."""
     x = np.asarray(audio, dtype=np.float32)
     m = float(np.max(np.abs(x))) if x.size else 0.0
-    return x if m == 0.0 else (x * (peak / m)).astype(np.float32)
+    return (x * (peak / max(m, floor))).astype(np.float32)
 
 
 def _hz_to_mel_slaney(f: np.ndarray) -> np.ndarray:

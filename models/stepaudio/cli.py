@@ -23,6 +23,18 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_make_tiny(args: argparse.Namespace) -> int:
+    from models.stepaudio.tiny import make_tiny_store
+
+    root = make_tiny_store(args.dir)
+    problems = [p for svc in store.SERVICES for p in store.verify(root, service=svc)]
+    for p in problems:
+        print(p, file=sys.stderr)
+    print(f"{root}: tiny Step-Audio store (random weights, real layouts); try: stepaudio up --profile stepaudio "
+          f"--model-dir {root}")
+    return 1 if problems else 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``models`` with ``fetch`` and ``verify`` to an argparse subparsers object.
 
@@ -39,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     v.add_argument("--service", choices=store.SERVICES, default=None, help="only what this service needs")
     v.add_argument("--check-sizes", action="store_true", help="also flag files far smaller than expected")
     v.set_defaults(func=_cmd_verify)
+    t = sub.add_parser("make-tiny", help="write a complete tiny Step-Audio store (random weights, real layouts)")
+    t.add_argument("dir", help="destination directory")
+    t.set_defaults(func=_cmd_make_tiny)
     return models
 
 

@@ -91,15 +91,25 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
     return torch.tensor(slopes, dtype=torch.float32)
 
 
-def sqrt_alibi_bias(slopes: torch.Tensor, q_len: int, kv_len: int, device: torch.device | None = None) -> torch.Tensor:
+ALIBI_BIASES = ("sqrt", "linear")
+
+
+def sqrt_alibi_bias(
+    slopes: torch.Tensor, q_len: int, kv_len: int, device: torch.device | None = None, kind: str = "sqrt"
+) -> torch.Tensor:
     """Bias (heads, q_len, kv_len): ``-slope * sqrt(i - j)`` for j <= i, ``-inf`` above the diagonal.
 
-    Query i sits at absolute position ``kv_len - q_len + i`` (the KV cache precedes it).
+    Query i sits at absolute position ``kv_len - q_len + i`` (the KV cache precedes it). ``kind="linear"`` gives
+    the classic ALiBi ``-slope * (i - j)`` that stock TensorRT-LLM computes: wrong for Step1, kept only so the
+    load-time probe (:mod:`models.stepaudio.probe`) can be shown to refuse it.
     """
+    if kind not in ALIBI_BIASES:
+        raise ValueError(f"alibi bias {kind!r}: use one of {ALIBI_BIASES}")
     qpos = torch.arange(kv_len - q_len, kv_len, device=device, dtype=torch.float32)[:, None]
     kpos = torch.arange(kv_len, device=device, dtype=torch.float32)[None, :]
     dist = qpos - kpos
-    bias = -slopes.to(device)[:, None, None] * dist.clamp(min=0).sqrt()[None]
+    dist_pos = dist.clamp(min=0)
+    bias = -slopes.to(device)[:, None, None] * (dist_pos.sqrt() if kind == "sqrt" else dist_pos)[None]
     return bias.masked_fill((dist < 0)[None], float("-inf"))
 
 
@@ -208,6 +218,7 @@ class Step1ForCausalLM(nn.Module):
         self.model = Step1Model(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.register_buffer("slopes", alibi_slopes(cfg.num_attention_heads), persistent=False)
+        self.alibi_bias = "sqrt"  # Step1's bias; "linear" only to test the probe guard
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -265,7 +276,7 @@ class Step1ForCausalLM(nn.Module):
         """input_ids (B, T) -> logits (B, T, V) in fp32 and the new KV cache."""
         t = input_ids.shape[1]
         past_len = 0 if not past else past[0][0].shape[2]
-        bias = sqrt_alibi_bias(self.slopes, t, past_len + t, device=input_ids.device)
+        bias = sqrt_alibi_bias(self.slopes, t, past_len + t, device=input_ids.device, kind=self.alibi_bias)
         x = self.model.embed_tokens(input_ids)
         new: KVCache = []
         for i, layer in enumerate(self.model.layers):

@@ -1,19 +1,25 @@
 """Step-Audio dual tokenizer: linguistic (Paraformer SANM encoder + k-means, 16.7 Hz) and semantic
 (CosyVoice ``speech_tokenizer_v1.onnx``, 25 Hz), interleaved [2 linguistic, 3 semantic].
 
-Linguistic path (faithful to FunASR ``WavFrontend`` + ``SANMEncoder``):
-  16 kHz float audio * 32768 -> Kaldi fbank (80 bins, 25/10 ms, hamming, dither 0) -> LFR (m 7, n 6, left-pad
-  3 copies of frame 0) -> CMVN from ``am.mvn`` ((x + shift) * scale) -> x * sqrt(512) + sinusoidal positions
-  (depth 560, positions from 1) -> ``encoders0`` (560 -> 512, no residual) -> 49 x ``encoders`` -> ``after_norm``
-  -> nearest of 1024 centroids in ``linguistic_tokenizer.npy``.
+Linguistic path: the reference ALWAYS runs the Paraformer encoder in its streaming form, offline too, and so does
+this module (:class:`LinguisticStream`; offline tokenisation is the same loop over the whole utterance, so a streamed
+and an offline pass give the same ids):
+  steps of 3840 samples (4 LFR frames); online front end per step: 16 kHz audio * 32768 -> Kaldi fbank (80 bins,
+  25/10 ms, hamming, dither 0 here) over the cached tail + the new samples -> LFR (m 7, n 6; the first splice is 3
+  copies of frame 0; the last step pads with the last frame) -> CMVN from ``am.mvn`` ((x + shift) * scale);
+  encoder per step (FunASR ``SANMEncoderChunkOpt.forward_chunk``, chunk_size [0, 4, 5], look-back 4): x * sqrt(512)
+  + sinusoidal positions (depth 560, absolute LFR index from 1), the window = the last 5 frames of the previous step
+  (zeros at first) + the new frames; per layer, attention over a K/V cache of at most 16 earlier frames + the
+  window, FSMN on the window only; ``after_norm``; only the newest frames kept (zero look-ahead) -> nearest of 1024
+  centroids in ``linguistic_tokenizer.npy``. The reference's WavFrontendOnline dithers by default; this module uses
+  dither 0 so that tokens are reproducible.
 Semantic path: Whisper log-mel (128 bins) -> ONNX inputs (feats float32 (1, 128, T), feats_length int32 (1,)) ->
   first output, flattened (25 tokens/s); audio is processed in chunks of at most 30 s.
 
 Streaming (:class:`StreamingDualTokenizer`): PCM chunks at any supported rate are resampled incrementally
-(soxr stream) and processed in 1.2 s blocks (= 20 linguistic + 30 semantic codes = 10 groups). The
-linguistic encoder sees a bounded left context and a small look-ahead, as the FunASR online model
-(chunk [0, 4, 5], encoder look-back 4) does, so streaming codes can differ slightly from offline ones
-near block edges. The reference's chunk-masked attention cache is NOT replicated bit-exactly.
+(soxr stream); linguistic codes come every 3840 samples from the per-session :class:`LinguisticStream`, semantic
+codes from 1.2 s blocks (provisional: :meth:`StreamingDualTokenizer.final_tokens` redoes the whole utterance,
+peak-normalised, as the reference tokenizes it).
 """
 
 from __future__ import annotations
@@ -198,6 +204,128 @@ def apply_lfr(feats: torch.Tensor, lfr_m: int, lfr_n: int) -> torch.Tensor:
     return padded[idx].reshape(t_lfr, -1)
 
 
+STEP_SAMPLES = 3840  # one encoder step: chunk_size[1] = 4 LFR frames of 960 samples
+OVERLAP_FRAMES = 5  # chunk_size[2]: frames of the previous window prepended to each step
+LOOK_BACK_FRAMES = 16  # encoder_chunk_look_back 4 x chunk_size[1] 4: K/V cache per layer
+
+
+class LinguisticStream:
+    """One utterance through the Paraformer encoder in its streaming form (see the module docstring).
+
+    ``push(samples16k) -> codes`` for every complete 3840-sample step; ``finish() -> codes`` for the tail.
+    """
+
+    def __init__(self, tokenizer: LinguisticTokenizer) -> None:
+        self.tok = tokenizer
+        self.cfg = tokenizer.cfg
+        self.pending = np.zeros(0, dtype=np.float32)  # samples not yet in a step
+        self.input_cache = np.zeros(0, dtype=np.float32)  # samples after the last full fbank frame
+        self.splice: torch.Tensor | None = None  # fbank frames waiting for LFR
+        self.start_idx = 0  # LFR frames encoded so far (absolute positions)
+        self.feats_cache = torch.zeros(1, OVERLAP_FRAMES, self.cfg.input_size)
+        n_layers = len(tokenizer.encoder.encoders0) + len(tokenizer.encoder.encoders)
+        self.kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layers
+        self.finished = False
+
+    # ---------------------------------------------------------------- front end (WavFrontendOnline)
+    def _frontend(self, chunk: np.ndarray, final: bool) -> torch.Tensor:
+        cfg = self.cfg
+        x = np.concatenate([self.input_cache, chunk])
+        fn = int((x.size - 400) / 160 + 1) if x.size >= 400 else 0
+        self.input_cache = x[fn * 160 :]
+        empty = torch.zeros(0, cfg.input_size)
+        if fn == 0:
+            if not (final and self.splice is not None):
+                return empty
+            t = self.splice
+        else:
+            fb = kaldi_fbank(x[: (fn - 1) * 160 + 400] * 32768.0, SAMPLE_RATE, cfg.n_mels, cfg.frame_length,
+                             cfg.frame_shift, window_type=cfg.window, dither=0.0, energy_floor=0.0).float()
+            if self.splice is None:
+                self.splice = fb[:1].repeat((cfg.lfr_m - 1) // 2, 1)
+            if fn + self.splice.shape[0] < cfg.lfr_m:
+                self.splice = torch.cat([self.splice, fb])
+                return empty
+            t = torch.cat([self.splice, fb])
+        m, n = cfg.lfr_m, cfg.lfr_n
+        t_lfr = math.ceil((t.shape[0] - (m - 1) // 2) / n)
+        frames = []
+        for i in range(t_lfr):
+            if i * n + m <= t.shape[0]:
+                frames.append(t[i * n : i * n + m].reshape(-1))
+            elif final:
+                tail = t[i * n :]
+                frames.append(torch.cat([tail, tail[-1:].repeat(m - tail.shape[0], 1)]).reshape(-1))
+            else:
+                break
+        self.splice = t[n * len(frames) :]
+        if not frames:
+            return empty
+        return (torch.stack(frames) + self.tok.shift) * self.tok.scale
+
+    # ---------------------------------------------------------------- encoder (SANMEncoderChunkOpt.forward_chunk)
+    def _layer(self, i: int, layer: EncoderLayerSANM, h: torch.Tensor) -> torch.Tensor:
+        att = layer.self_attn
+        w = h.shape[1]
+        r = h
+        h = layer.norm1(h)
+        q, k, v = torch.split(att.linear_q_k_v(h), att.h * att.d_k, dim=-1)
+        fsmn = att.fsmn_block(nn.functional.pad(v.transpose(1, 2), att.pad)).transpose(1, 2) + v
+        qh, kh, vh = (z.reshape(1, w, att.h, att.d_k).transpose(1, 2) for z in (q, k, v))
+        keep = w - OVERLAP_FRAMES  # the window's oldest frames enter the cache
+        cache = self.kv[i]
+        if cache is None:
+            self.kv[i] = (kh[:, :, :keep], vh[:, :, :keep])
+        else:
+            k_all, v_all = torch.cat([cache[0], kh], dim=2), torch.cat([cache[1], vh], dim=2)
+            self.kv[i] = (torch.cat([cache[0], kh[:, :, :keep]], dim=2)[:, :, -LOOK_BACK_FRAMES:],
+                          torch.cat([cache[1], vh[:, :, :keep]], dim=2)[:, :, -LOOK_BACK_FRAMES:])
+            kh, vh = k_all, v_all
+        scores = torch.matmul(qh * att.d_k**-0.5, kh.transpose(-2, -1))
+        out = torch.matmul(torch.softmax(scores, dim=-1), vh).transpose(1, 2).reshape(1, w, -1)
+        x = att.linear_out(out) + fsmn
+        x = x + r if layer.in_size == layer.size else x
+        return x + layer.feed_forward(layer.norm2(x))
+
+    @torch.inference_mode()
+    def _encode(self, feats: torch.Tensor) -> np.ndarray:
+        n = feats.shape[0]
+        enc = self.tok.encoder
+        xs = feats[None] * self.cfg.output_size**0.5
+        xs = xs + sinusoidal_positions(n, xs.shape[2], self.start_idx).to(xs)
+        self.start_idx += n
+        h = torch.cat([self.feats_cache, xs], dim=1)
+        self.feats_cache = h[:, -OVERLAP_FRAMES:]
+        for i, layer in enumerate([*enc.encoders0, *enc.encoders]):
+            h = self._layer(i, layer, h)
+        return self.tok.quantize(enc.after_norm(h)[0, -n:])
+
+    def _step(self, chunk: np.ndarray, final: bool) -> list[int]:
+        feats = self._frontend(chunk, final)
+        return [] if feats.shape[0] == 0 else self._encode(feats).tolist()
+
+    def push(self, samples16k: np.ndarray) -> list[int]:
+        """Add 16 kHz audio; codes of every complete step."""
+        if self.finished:
+            raise RuntimeError("push() after finish()")
+        self.pending = np.concatenate([self.pending, np.asarray(samples16k, dtype=np.float32).reshape(-1)])
+        out: list[int] = []
+        while self.pending.size >= STEP_SAMPLES:
+            chunk, self.pending = self.pending[:STEP_SAMPLES], self.pending[STEP_SAMPLES:]
+            out += self._step(chunk, final=False)
+        return out
+
+    def finish(self) -> list[int]:
+        """The last (partial, possibly empty) step, with ``is_final``: the tail frames padded and flushed."""
+        if self.finished:
+            return []
+        self.finished = True
+        chunk, self.pending = self.pending, np.zeros(0, dtype=np.float32)
+        if chunk.size == 0:
+            return []  # the reference breaks on an empty final step
+        return self._step(chunk, final=True)
+
+
 class LinguisticTokenizer:
     """Paraformer encoder + k-means quantiser (vq02)."""
 
@@ -256,8 +384,19 @@ class LinguisticTokenizer:
             return np.zeros(0, dtype=np.int64)
         return torch.cdist(enc.float(), self.centroids).argmin(dim=1).numpy().astype(np.int64)
 
+    def stream(self) -> LinguisticStream:
+        """A per-utterance streaming encoder state."""
+        return LinguisticStream(self)
+
     def tokenize(self, audio16k: np.ndarray) -> np.ndarray:
-        """Offline (full-context) linguistic codes, ~16.7 per second."""
+        """Linguistic codes of a whole utterance, ~16.7 per second, through the streaming encoder (as the
+        reference computes them offline too)."""
+        st = self.stream()
+        codes = st.push(audio16k) + st.finish()
+        return np.asarray(codes, dtype=np.int64)
+
+    def tokenize_full_context(self, audio16k: np.ndarray) -> np.ndarray:
+        """Codes with the whole utterance as context (NOT what the reference computes; kept for comparison)."""
         return self.quantize(self.encode_features(self.features(audio16k)))
 
 
@@ -356,21 +495,14 @@ class DualTokenizer:
 
 
 class StreamingDualTokenizer:
-    """Per-session incremental tokenizer: ``feed(pcm) -> new X tokens``; ``finish() -> remaining X tokens``.
+    """Per-session incremental tokenizer: ``feed(pcm) -> new X tokens``; ``finish() -> remaining X tokens``;
+    ``final_tokens()`` -> the final pass over the whole utterance.
 
-    Audio is processed in blocks of ``block_s`` seconds (a multiple of 0.12 s so that both streams give whole
-    groups). The linguistic encoder for a block sees ``left_context_s`` of earlier audio and waits for
-    ``lookahead_s`` of later audio. No peak normalisation is applied in streaming (the level is unknown ahead).
+    Linguistic codes come from the session's :class:`LinguisticStream` (exactly the codes an offline pass gives).
+    Semantic codes are provisional: ``block_s`` blocks of un-normalised audio (a multiple of 0.12 s, whole groups).
     """
 
-    def __init__(
-        self,
-        tokenizer: DualTokenizer,
-        sample_rate: int = SAMPLE_RATE,
-        block_s: float = 1.2,
-        left_context_s: float = 0.96,
-        lookahead_s: float = 0.3,
-    ) -> None:
+    def __init__(self, tokenizer: DualTokenizer, sample_rate: int = SAMPLE_RATE, block_s: float = 1.2) -> None:
         import soxr
 
         if sample_rate not in (8000, 16000, 22050, 24000, 44100, 48000):
@@ -383,10 +515,8 @@ class StreamingDualTokenizer:
             None if sample_rate == SAMPLE_RATE else soxr.ResampleStream(sample_rate, SAMPLE_RATE, 1, dtype="float32")
         )
         self.block = int(round(block_s * SAMPLE_RATE))
-        self.block_lfr = self.block // LFR_FRAME_SAMPLES
-        self.left_lfr = int(round(left_context_s * SAMPLE_RATE)) // LFR_FRAME_SAMPLES
-        self.look = int(round(lookahead_s * SAMPLE_RATE))
         self.audio = np.zeros(0, dtype=np.float32)
+        self.ling = tokenizer.linguistic.stream()
         self.done_blocks = 0
         self.lin: list[int] = []
         self.sem: list[int] = []
@@ -397,17 +527,6 @@ class StreamingDualTokenizer:
     def samples_16k(self) -> int:
         """16 kHz samples received so far."""
         return int(self.audio.size)
-
-    def _block_codes(self, start: int, end: int, final: bool) -> None:
-        ling = self.tok.linguistic
-        ctx_start = max(0, start - self.left_lfr * LFR_FRAME_SAMPLES)
-        stop = self.audio.size if final else min(self.audio.size, end + self.look)
-        feats = ling.features(self.audio[ctx_start:stop])
-        first = (start - ctx_start) // LFR_FRAME_SAMPLES
-        n_lfr = math.ceil((end - start) / LFR_FRAME_SAMPLES) if final else self.block_lfr
-        enc = ling.encode_features(feats, offset=ctx_start // LFR_FRAME_SAMPLES)
-        self.lin += ling.quantize(enc[first : first + n_lfr]).tolist()
-        self.sem += self.tok.semantic.tokenize_chunk(self.audio[start:end]).tolist()
 
     def _emit(self) -> list[int]:
         g = at.num_groups(len(self.lin), len(self.sem))
@@ -421,6 +540,13 @@ class StreamingDualTokenizer:
         self.emitted_groups = g
         return [int(x) for x in out]
 
+    def _semantic_blocks(self, final: bool) -> None:
+        while (self.done_blocks + 1) * self.block <= self.audio.size or (
+                final and self.done_blocks * self.block < self.audio.size):
+            s = self.done_blocks * self.block
+            self.sem += self.tok.semantic.tokenize_chunk(self.audio[s : s + self.block]).tolist()
+            self.done_blocks += 1
+
     def feed(self, pcm: np.ndarray) -> list[int]:
         """Add float PCM (mono, [-1, 1]) or int16 PCM at the session rate; return newly complete X tokens."""
         if self.finished:
@@ -431,11 +557,17 @@ class StreamingDualTokenizer:
         if self._rs is not None:
             x = np.asarray(self._rs.resample_chunk(x, last=False), dtype=np.float32)
         self.audio = np.concatenate([self.audio, x])
-        while (self.done_blocks + 1) * self.block + self.look <= self.audio.size:
-            s = self.done_blocks * self.block
-            self._block_codes(s, s + self.block, final=False)
-            self.done_blocks += 1
+        self.lin += self.ling.push(x)
+        self._semantic_blocks(final=False)
         return self._emit()
+
+    def final_tokens(self) -> list[int]:
+        """After :meth:`finish`: the final pass over the whole utterance, as the reference tokenizes it (peak
+        normalisation, semantic tokens of the whole utterance in 30 s chunks). The streamed tokens were
+        provisional: the semantic ones came from 1.2 s blocks of un-normalised audio."""
+        if not self.finished:
+            self.finish()
+        return [int(x) for x in self.tok.tokenize(self.audio, SAMPLE_RATE, normalize=True).interleaved]
 
     def finish(self) -> list[int]:
         """Flush the resampler and the tail; returns the last X tokens (partial group dropped)."""
@@ -445,11 +577,7 @@ class StreamingDualTokenizer:
         if self._rs is not None:
             tail = np.asarray(self._rs.resample_chunk(np.zeros(0, dtype=np.float32), last=True), dtype=np.float32)
             self.audio = np.concatenate([self.audio, tail])
-        while self.done_blocks * self.block < self.audio.size:
-            s = self.done_blocks * self.block
-            e = min(s + self.block, self.audio.size)
-            if e - s < 480:
-                break
-            self._block_codes(s, e, final=e == self.audio.size)
-            self.done_blocks += 1
+            self.lin += self.ling.push(tail)
+        self.lin += self.ling.finish()
+        self._semantic_blocks(final=True)
         return self._emit()

@@ -63,6 +63,35 @@ class VoiceEntry:
         return at.from_vocab_ids(self.prompt_audio_ids)
 
 
+def nonsilent_span(x: np.ndarray, top_db: float = 20.0, frame: int = 512, hop: int = 128) -> tuple[int, int]:
+    """librosa ``effects.trim`` bounds: frames (centred, zero padded) whose RMS is within ``top_db`` of the loudest
+    frame; returns (start, end) samples (all-zero audio counts as loud everywhere, as in librosa)."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.size == 0:
+        return 0, 0
+    xp = np.pad(x, (frame // 2, frame // 2))
+    n = 1 + max(0, xp.size - frame) // hop
+    idx = np.arange(frame)[None, :] + hop * np.arange(n)[:, None]
+    power = np.mean(xp[np.minimum(idx, xp.size - 1)] ** 2, axis=1)
+    db = 10 * np.log10(np.maximum(power, 1e-10)) - 10 * np.log10(max(float(power.max()), 1e-10))
+    loud = np.flatnonzero(db > -top_db)
+    if loud.size == 0:
+        return 0, 0
+    return int(loud[0] * hop), int(min(x.size, (loud[-1] + 1) * hop))
+
+
+def trim_prompt(x16: np.ndarray, keep_left_s: float = 0.05, keep_right_s: float = 0.22, step: int = 240,
+                sr: int = 16000) -> np.ndarray:
+    """The reference's voice-prompt trim before tokenizing: from 0.05 s before the speech, the speech length rounded
+    up to 240-sample steps plus 0.27 s in all (zero padded where the audio is shorter)."""
+    start, end = nonsilent_span(x16)
+    steps = int(np.ceil((end - start) / step))
+    begin = start - int(keep_left_s * sr)
+    y = x16[begin:] if begin > 0 else np.pad(x16, (-begin, 0))
+    out_len = int(steps * step + (keep_left_s + keep_right_s) * sr)
+    return y[:out_len] if out_len < y.size else np.pad(y, (0, out_len - y.size))
+
+
 def build_voice(
     name: str,
     wav: np.ndarray,
@@ -77,10 +106,11 @@ def build_voice(
     x = np.asarray(wav, dtype=np.float32)
     if x.ndim == 2:
         x = x.mean(axis=0 if x.shape[0] < x.shape[1] else 1)
-    tokens = tokenizer.tokenize(x, sample_rate)
+    x16 = peak_normalize(resample(x, sample_rate, 16000))
+    # Tokens from the silence-trimmed prompt (as the reference); the prompt mel and CAM++ use the untrimmed audio.
+    tokens = tokenizer.tokenize(trim_prompt(x16), 16000)
     if tokens.interleaved.size == 0:
         raise ValueError("prompt audio too short: no complete audio token group")
-    x16 = peak_normalize(resample(x, sample_rate, 16000))
     x22 = resample(x, sample_rate, 22050)
     mel = cosyvoice_mel(x22).T.numpy().astype(np.float32)
     emb = campplus.embed(x16)

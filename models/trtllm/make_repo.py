@@ -1,6 +1,15 @@
-"""Generate a Triton + TensorRT-LLM model repository for a Step1 model from models/trtllm/templates.
+"""Generate a Triton model repository for a Step1 model (Step-Audio-Chat or TTS-3B) from models/trtllm/templates.
 
-One repository per model (``models/triton/<name>/``), holding five Triton models::
+Two backends behind one tensor contract (the inputs/outputs of TensorRT-LLM's ``tensorrt_llm_bls`` model):
+
+* ``--backend trtllm`` (production, GPU): five Triton models, below.
+* ``--backend torch`` (tiny checkpoints on CPU for tests, CI and laptops; the fallback on GPU): one python model
+  ``<output>/<name>`` running the project's torch Step1 (templates/step1_torch), parameters ``checkpoint_dir``,
+  ``output_vocab`` (text | audio), ``repetition_guard``, ``slots``, ``device``, ``threads``, ``alibi_bias``,
+  ``probe_tolerance``, ``default_max_tokens``, ``max_max_tokens``. It proves itself against the stored probe at load
+  (models.stepaudio.probe).
+
+One TensorRT-LLM repository per model (``models/triton/<name>/``), holding five Triton models::
 
     <name>                  python BLS, decoupled: the entry point (embedded_llm's tensor contract)
     <name>_preprocessing    python: Step1 tokenizer, <audio_X> -> 65536 + X, stop/bad word lists
@@ -27,6 +36,7 @@ Parameters (``--set key=value`` or the named flags; defaults per profile, see PR
     *_instance_count               python model instances (CPU)
 
     python -m models.trtllm.make_repo --profile chat            # -> models/triton/step_audio_chat
+    python -m models.trtllm.make_repo --backend torch --profile chat --set checkpoint_dir=DIR/Step-Audio-Chat
     python -m models.trtllm.make_repo --profile tts --set max_batch_size=32 --output /tmp/repo
 """
 
@@ -94,6 +104,52 @@ PROFILES: dict[str, dict[str, str]] = {
 }
 
 
+BACKENDS = ("trtllm", "torch")
+TORCH_COMMON = {"device": "auto", "threads": "0", "alibi_bias": "sqrt", "probe_tolerance": "0.15"}
+TORCH_PROFILES: dict[str, dict[str, str]] = {
+    "chat": {"prefix": "step_audio_chat", "checkpoint_dir": "/models/Step-Audio-Chat", "output_vocab": "text",
+             "repetition_guard": "false", "slots": "4", "default_max_tokens": "2048", "max_max_tokens": "8192"},
+    "tts": {"prefix": "step_audio_tts", "checkpoint_dir": "/models/Step-Audio-TTS-3B", "output_vocab": "audio",
+            "repetition_guard": "true", "slots": "8", "default_max_tokens": "4096", "max_max_tokens": "8192"},
+}
+
+
+def torch_values_for(profile: str, overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """Parameters of the torch Step1 model for ``profile`` (chat | tts)."""
+    if profile not in TORCH_PROFILES:
+        raise ValueError(f"unknown profile {profile!r}: use one of {sorted(TORCH_PROFILES)}")
+    known = set(TORCH_COMMON) | set(TORCH_PROFILES[profile])
+    unknown = set(overrides or {}) - known
+    if unknown:
+        raise ValueError(f"unknown parameters {sorted(unknown)} for --backend torch; known: {sorted(known)}")
+    vals = {**TORCH_COMMON, **TORCH_PROFILES[profile], **(overrides or {})}
+    checks = [
+        (vals["output_vocab"] in ("text", "audio"), "output_vocab must be text|audio"),
+        (vals["repetition_guard"] in ("true", "false"), "repetition_guard must be true|false"),
+        (vals["alibi_bias"] in ("sqrt", "linear"), "alibi_bias must be sqrt|linear"),
+        (vals["slots"].isdigit() and int(vals["slots"]) >= 1, "slots must be an integer >= 1"),
+        (vals["threads"].isdigit(), "threads must be an integer >= 0"),
+        (float(vals["probe_tolerance"]) > 0, "probe_tolerance must be > 0"),
+    ]
+    bad = [msg for ok, msg in checks if not ok]
+    if bad:
+        raise ValueError("; ".join(bad))
+    return vals
+
+
+def make_torch_model(profile: str, repository: Path | str, overrides: dict[str, str] | None = None) -> Path:
+    """Write the torch Step1 model ``<repository>/<prefix>/`` (chat and tts can share one repository). Returns
+    the model folder."""
+    vals = torch_values_for(profile, overrides)
+    model = Path(repository) / vals["prefix"]
+    if model.exists():
+        shutil.rmtree(model)
+    (model / "1").mkdir(parents=True)
+    (model / "config.pbtxt").write_text(render(TEMPLATES / "step1_torch" / "config.pbtxt.tmpl", vals))
+    shutil.copy2(TEMPLATES / "step1_torch" / "1" / "model.py", model / "1" / "model.py")
+    return model
+
+
 def values_for(profile: str, overrides: dict[str, str] | None = None) -> dict[str, str]:
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}: use one of {sorted(PROFILES)}")
@@ -154,6 +210,7 @@ def make_repo(profile: str, output: Path | str = DEFAULT_OUT, overrides: dict[st
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", choices=sorted(PROFILES), action="append", help="chat and/or tts (default both)")
+    ap.add_argument("--backend", choices=BACKENDS, default="trtllm", help="trtllm (GPU engine) or torch (torch Step1)")
     ap.add_argument("--output", default=str(DEFAULT_OUT), help="folder that receives <prefix>/ (default models/triton)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a parameter")
     for flag in (
@@ -182,7 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(a, flag) is not None:
             overrides[flag] = getattr(a, flag)
     for profile in a.profile or ["chat", "tts"]:
-        print(make_repo(profile, a.output, overrides))
+        if a.backend == "torch":
+            print(make_torch_model(profile, a.output, overrides))
+        else:
+            print(make_repo(profile, a.output, overrides))
     return 0
 
 

@@ -188,7 +188,10 @@ class TokenStream:
         ids: list[int] = []
         async with contextlib.aclosing(responses):
             async for resp in responses:
-                ids.extend(resp.tokens.ids)
+                if resp.replaces_previous:  # the final pass over the whole utterance
+                    ids = list(resp.tokens.ids)
+                else:
+                    ids.extend(resp.tokens.ids)
                 if resp.is_final:
                     return ids
         raise StageError("tokenizer: the stream ended without its final tokens")

@@ -108,13 +108,17 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServiceServicer):
             if ids:
                 yield self._tokens(ids, emitted, processed, False)
                 emitted += len(ids)
-        ids = await asyncio.to_thread(stream.push, resampler(np.zeros(0, np.float32), last=True), True)
-        yield self._tokens(ids, emitted, processed, True)
+        await asyncio.to_thread(stream.push, resampler(np.zeros(0, np.float32), last=True), True)
+        # The final pass over the whole utterance replaces the provisional streamed tokens.
+        ids = await asyncio.to_thread(stream.final)
+        yield self._tokens(ids, 0, processed, True, replaces=True)
 
     @staticmethod
-    def _tokens(ids: list[int], emitted: int, processed: int, final: bool) -> tokenizer_pb2.TokenizeResponse:
+    def _tokens(ids: list[int], emitted: int, processed: int, final: bool,
+                replaces: bool = False) -> tokenizer_pb2.TokenizeResponse:
         return tokenizer_pb2.TokenizeResponse(
             tokens=tokens_pb2.AudioTokens(ids=ids, offset_ms=int(emitted * 1000 / TOKENS_PER_SECOND)),
             is_final=final,
             audio_processed_ms=int(processed * 1000 / 16000),
+            replaces_previous=replaces,
         )

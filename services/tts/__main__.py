@@ -17,8 +17,11 @@ def build(settings: TtsSettings | None = None) -> GrpcServer:
     async def warmup() -> None:
         await asyncio.to_thread(backend.warmup)
 
+    async def dependencies_down() -> list[str]:
+        return await asyncio.to_thread(backend.dependencies_down)
+
     spec = ServiceSpec(SERVICE_NAME, tts_pb2_grpc.add_TtsServiceServicer_to_server, TtsServicer(backend, settings))
-    return GrpcServer("tts", settings, [spec], warmup)
+    return GrpcServer("tts", settings, [spec], warmup, dependencies_down=dependencies_down)
 
 
 if __name__ == "__main__":

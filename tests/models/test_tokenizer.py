@@ -14,7 +14,7 @@ from models.stepaudio.audio import kaldi_fbank
 from models.stepaudio.tokenizer import DualTokenizer, ParaformerConfig, SANMEncoder, apply_lfr, load_cmvn
 from tests.models.conftest import PARAFORMER_SUBDIR, test_audio
 
-GOLDEN_SHA = "c20b7483c468e2b5"
+GOLDEN_SHA = "7410631e8006943e"
 
 
 def test_paraformer_layout_matches_reference() -> None:
@@ -87,3 +87,82 @@ def test_frontend_pieces(tokenizer_dir) -> None:  # noqa: ANN001
     assert lfr.shape == (17, 560)
     assert torch.equal(lfr[0, :80], fb[0]) and torch.equal(lfr[0, 3 * 80 : 4 * 80], fb[0])
     assert torch.equal(lfr[1, :80], fb[3])
+
+
+def test_final_pass_is_the_whole_utterance_normalised(dual_tokenizer: DualTokenizer) -> None:
+    """Streamed tokens are provisional; the final pass equals the offline tokens of the peak-normalised whole
+    utterance (semantic tokens of the whole utterance, not of 1.2 s blocks)."""
+    audio = 0.2 * test_audio(3.0)
+    st = dual_tokenizer.stream(16000)
+    for i in range(0, audio.size, 1600):
+        st.feed(audio[i : i + 1600])
+    st.finish()
+    final = st.final_tokens()
+    assert final == dual_tokenizer.tokenize(audio, 16000, normalize=True).interleaved.tolist()
+    assert len(final) % 5 == 0 and len(final) == pytest.approx(3.0 * 41.67, abs=6)
+
+
+def test_peak_normalisation_floor() -> None:
+    from models.stepaudio.audio import peak_normalize
+
+    loud = np.array([0.5, -0.25], np.float32)
+    assert np.allclose(peak_normalize(loud), [0.999, -0.4995])
+    quiet = np.array([0.001, -0.002], np.float32)  # below the 0.01 floor: scaled by 0.999 / 0.01 only
+    assert np.allclose(peak_normalize(quiet), quiet * 99.9)
+
+
+def test_linguistic_streamed_equals_offline_in_any_pieces(dual_tokenizer: DualTokenizer) -> None:
+    """The reference's streaming encoder semantics: the same ids whether the utterance comes whole or in pieces of
+    any size (steps of 3840 samples inside, the tail flushed at finish)."""
+    ling = dual_tokenizer.linguistic
+    audio = test_audio(4.3, seed=3)
+    offline = ling.tokenize(audio).tolist()
+    assert len(offline) == pytest.approx(4.3 * 16.67, abs=2)
+    for piece in (320, 1000, 3840, 7777):
+        st = ling.stream()
+        got: list[int] = []
+        for i in range(0, audio.size, piece):
+            got += st.push(audio[i : i + piece])
+        got += st.finish()
+        assert got == offline, piece
+    # ... and not the full-context encoding (the model sees at most 20 frames back and no look-ahead)
+    assert offline != ling.tokenize_full_context(audio).tolist()
+
+
+@pytest.mark.parametrize("seconds", [1.0, 1.7, 2.4, 3.3, 5.0])
+def test_online_front_end_matches_the_offline_features(dual_tokenizer: DualTokenizer, seconds: float) -> None:
+    """Fbank over the cached tail + each step, LFR with the splice cache: the offline features frame for frame,
+    except the reference's tail case (a last step of 400..879 samples loses its last frame: 1.0 s)."""
+    from models.stepaudio.tokenizer import STEP_SAMPLES, LinguisticStream
+
+    ling = dual_tokenizer.linguistic
+    audio = test_audio(seconds, seed=4)
+    st = LinguisticStream(ling)
+    steps = [audio[i : i + STEP_SAMPLES] for i in range(0, audio.size, STEP_SAMPLES)]
+    feats = [st._frontend(c, final=i == len(steps) - 1) for i, c in enumerate(steps)]
+    online = torch.cat(feats)
+    offline = ling.features(audio)
+    if 400 <= audio.size % STEP_SAMPLES < 880:
+        offline = offline[:-1]
+    assert online.shape == offline.shape
+    assert torch.allclose(online, offline, atol=1e-4)
+    assert [f.shape[0] for f in feats[:-1]] == [4] * (len(steps) - 1)  # 4 LFR frames per 3840-sample step
+
+
+def test_first_step_is_the_encoder_over_zero_overlap_plus_the_new_frames(dual_tokenizer: DualTokenizer) -> None:
+    """Cross-check of the chunked encoder with the plain module: the first step's window is 5 zero frames (no
+    positions) + the new frames, full attention inside the window, after_norm, the newest frames kept."""
+    from models.stepaudio.tokenizer import sinusoidal_positions
+
+    ling = dual_tokenizer.linguistic
+    audio = test_audio(0.24, seed=5)[:3800]  # one (final) step
+    feats = ling.features(audio)
+    n = feats.shape[0]
+    enc = ling.encoder
+    with torch.inference_mode():
+        x = feats[None] * enc.cfg.output_size**0.5 + sinusoidal_positions(n, feats.shape[1])
+        h = torch.cat([torch.zeros(1, 5, feats.shape[1]), x], dim=1)
+        for layer in [*enc.encoders0, *enc.encoders]:
+            h = layer(h)
+        expected = ling.quantize(enc.after_norm(h)[0, -n:]).tolist()
+    assert ling.tokenize(audio).tolist() == expected

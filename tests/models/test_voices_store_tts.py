@@ -20,7 +20,7 @@ from models.stepaudio.tts_frontend import (
     plan_clone,
     plan_registered,
 )
-from models.stepaudio.voices import CampPlus, VoiceRegistry
+from models.stepaudio.voices import CampPlus, VoiceRegistry, nonsilent_span, trim_prompt
 from tests.models.conftest import test_audio
 
 
@@ -37,7 +37,8 @@ def test_voice_registry_roundtrip(tmp_path: Path, dual_tokenizer: DualTokenizer,
     e = reg.register("Tingting", test_audio(3.0, sr=24000), 24000, "你好，我是婷婷。", dual_tokenizer, camp)
     assert e.embedding.shape == (192,) and e.prompt_mel.shape[1] == 80
     assert e.prompt_mel.shape[0] == pytest.approx(3.0 * 22050 / 256, abs=2)
-    assert len(e.prompt_audio_ids) == pytest.approx(3 * 41.67, abs=6)
+    # tokens from the trimmed prompt: 0.05 s before the speech + the speech (240-sample steps) + 0.22 s
+    assert len(e.prompt_audio_ids) == pytest.approx(3.27 * 41.67, abs=6)
     reg2 = VoiceRegistry(tmp_path / "voices")
     e2 = reg2.get("Tingting")
     assert e2.prompt_audio_ids == e.prompt_audio_ids and e2.prompt_text == e.prompt_text
@@ -171,3 +172,20 @@ def test_cli_register(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert "linguistic_tokenizer.npy" in capsys.readouterr().err
     args = parser.parse_args(["models", "fetch", str(tmp_path / "dl")])
     assert args.dest == str(tmp_path / "dl")  # not executed: fetch downloads
+
+
+def test_prompt_trim_as_the_reference() -> None:
+    sr = 16000
+    speech = test_audio(1.0, sr=sr)
+    x = np.concatenate([np.zeros(8000, np.float32), speech, np.zeros(12800, np.float32)])
+    start, end = nonsilent_span(x)
+    assert abs(start - 8000) <= 512 and abs(end - 24000) <= 512
+    y = trim_prompt(x)
+    steps = int(np.ceil((end - start) / 240))
+    assert y.size == steps * 240 + int(0.27 * sr)
+    lead = int(np.flatnonzero(np.abs(y) > 1e-3)[0])
+    assert abs(lead - (800 + 8000 - start)) <= 2  # 0.05 s kept before the speech
+    # speech at the very start: zero padded in front, never cut
+    z = trim_prompt(speech)
+    assert z.size == int(np.ceil(speech.size / 240)) * 240 + int(0.27 * sr) and not z[:800].any()
+    assert nonsilent_span(np.zeros(4000, np.float32)) == (0, 4000)  # as librosa: all-silent keeps everything

@@ -12,8 +12,6 @@ Layout built here (random tiny weights from tests/models builders)::
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -21,16 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from services.kit.audio import read_wav, write_wav
-from tests.models.conftest import (
-    make_campplus_onnx,
-    make_flow,
-    make_hift,
-    make_step1,
-    make_tokenizer_dir,
-    tiny_flow_config,
-    tiny_hift_config,
-)
+from models.stepaudio.tiny import make_tiny_store
+from services.kit.audio import read_wav
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 TTS_ENV = {
@@ -40,35 +30,11 @@ TTS_ENV = {
 }
 
 
-def make_cosy_dir(d: Path, seed: int) -> Path:
-    make_flow(d / "flow.pt", seed)
-    make_hift(d / "hift.pt", seed)
-    make_campplus_onnx(d / "campplus.onnx", seed)
-    (d / "cosyvoice.yaml").write_text("# tiny test config: sizes in model_config.json\n", encoding="utf-8")
-    cfg = {"flow": dataclasses.asdict(tiny_flow_config()), "hift": dataclasses.asdict(tiny_hift_config())}
-    (d / "model_config.json").write_text(json.dumps(cfg), encoding="utf-8")
-    return d
-
-
 def make_models_root(root: Path) -> Path:
-    """Everything the tokenizer, tts and vocoder services need, in the published layout."""
-    make_tokenizer_dir(root / "Step-Audio-Tokenizer")
-    tts = root / "Step-Audio-TTS-3B"
-    make_step1(tts)
-    cfg = json.loads((tts / "config.json").read_text(encoding="utf-8"))
-    cfg["stepaudio_text_encoder"] = {"type": "bytes", "offset": 256}
-    (tts / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
-    (tts / "tokenizer.model").write_bytes(b"placeholder: the byte encoder in config.json is used")
-    make_cosy_dir(tts / "CosyVoice-300M-25Hz", 0)
-    make_cosy_dir(tts / "CosyVoice-300M-25Hz-Music", 1)
-    voices = root / "voices"
-    voices.mkdir()
+    """Everything the tokenizer, tts and vocoder services need, in the published layout (question.wav voices)."""
     audio, rate = read_wav(DATA / "question.wav")
     transcript = (DATA / "question.txt").read_text(encoding="utf-8").strip()
-    for name in ("joe", "joeRAP"):
-        write_wav(voices / f"{name}.wav", audio[: int(2.5 * rate)], rate)
-        (voices / f"{name}.txt").write_text(transcript, encoding="utf-8")
-    return root
+    return make_tiny_store(root, voice=(audio[: int(2.5 * rate)], rate, transcript))
 
 
 @pytest.fixture(scope="session")

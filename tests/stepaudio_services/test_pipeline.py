@@ -32,11 +32,17 @@ async def tokenize(stub: object, audio: np.ndarray, rate: int, chunk_ms: int = 1
             yield tokenizer_pb2.TokenizeRequest(audio=audio_pb2.AudioChunk(data=float_to_pcm16(audio[i : i + step])))
 
     ids: list[int] = []
+    streamed: list[int] = []
     final = 0
     async for r in stub.Tokenize(reqs()):  # type: ignore[attr-defined]
-        ids += list(r.tokens.ids)
+        if r.replaces_previous:  # the final pass over the whole utterance replaces the provisional tokens
+            assert r.is_final
+            streamed, ids = ids, list(r.tokens.ids)
+        else:
+            ids += list(r.tokens.ids)
         final += r.is_final
     assert final == 1
+    assert 0 < len(streamed) <= len(ids)  # provisional tokens arrived while the audio streamed (not the tail)
     return ids
 
 

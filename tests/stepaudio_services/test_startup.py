@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from models.stepaudio.cosyvoice import cosy_dirs
-from services.tts.backends.stepaudio import ByteEncoder, speed_tag
+from models.stepaudio.text_codec import ByteCodec
+from services.tts.backends.stepaudio import speed_tag
 
 
 def test_tokenizer_start_names_missing_file(broken_root: Path) -> None:
@@ -58,7 +59,7 @@ def test_tts_start_without_voices(broken_root: Path, tmp_path: Path) -> None:
 
 def test_helpers() -> None:
     assert speed_tag(1.0) == "" and speed_tag(0.7) == "慢速2" and speed_tag(1.2) == "快速1"
-    assert ByteEncoder(256).encode("é") == [256 + 0xC3, 256 + 0xA9]
+    assert ByteCodec(256).encode("é") == [256 + 0xC3, 256 + 0xA9]
     root = Path("/m")
     assert cosy_dirs(root) == (root / "Step-Audio-TTS-3B/CosyVoice-300M-25Hz",
                                root / "Step-Audio-TTS-3B/CosyVoice-300M-25Hz-Music")

@@ -43,7 +43,12 @@ class DualTokenStream(ABC):
 
     @abstractmethod
     def push(self, samples: np.ndarray, last: bool = False) -> list[int]:
-        """Feed 16 kHz audio; return newly completed interleaved <audio_X> ids (X in 0..5119)."""
+        """Feed 16 kHz audio; return newly completed interleaved <audio_X> ids (X in 0..5119), provisional."""
+
+    @abstractmethod
+    def final(self) -> list[int]:
+        """After the last audio: every id of the utterance from the final pass over all of it (replaces the
+        provisional ones)."""
 
 
 class DualTokenizerBackend(ABC):

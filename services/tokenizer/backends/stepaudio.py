@@ -36,6 +36,9 @@ class _Stream(DualTokenStream):
             out += self.stream.finish()  # type: ignore[attr-defined]
         return out
 
+    def final(self) -> list[int]:
+        return list(self.stream.final_tokens())  # type: ignore[attr-defined]
+
 
 class StepAudioDualTokenizer(DualTokenizerBackend):
     """Streams per session (``new_stream``): each keeps its own audio buffer and linguistic look-back."""

@@ -57,6 +57,10 @@ class TtsBackend(ABC):
             return
         yield self.synthesize(text, voice, style, speed, output_kind)
 
+    def dependencies_down(self) -> list[str]:
+        """Required dependencies that are down now (health is NOT_SERVING while any is named)."""
+        return []
+
     def warmup(self) -> None:
         v = self.voices()[0].name
         self.synthesize("Hello.", v, "", 1.0, self.output_kinds[0])

@@ -12,20 +12,25 @@ Voices: ``<voices_dir>/<name>.npz`` (see :class:`models.stepaudio.voices.VoiceRe
 its exact transcript in ``<name>.txt`` placed there is registered (dual tokens, prompt mel, CAM++ x-vector) at
 start when no ``<name>.npz`` exists yet.
 
-Text encoder (ids for the Step1 prompt), first match wins:
+Text encoder (ids for the Step1 prompt): :func:`models.stepaudio.text_codec.load_text_codec`.
 
-1. ``config.json`` key ``"stepaudio_text_encoder": {"type": "bytes", "offset": N}``: UTF-8 bytes + N. Only for
-   tiny test checkpoints, whose ``tokenizer.model`` is a placeholder; the released config has no such key.
-2. ``tokenizer.model`` through ``sentencepiece`` (``pip install sentencepiece``).
-3. ``tokenizer.json`` through ``tokenizers``.
+Where TTS-3B runs (``STEPAUDIO_TTS_LM_BACKEND``):
+
+* ``triton`` (deployments): the service sends the prompt ids to the ``step_audio_tts`` Triton model and receives
+  audio ids as they are sampled (the audio-id mask, repetition guard and top-k live in that model: TensorRT-LLM
+  on GPU, the torch Step1 model on CPU); concurrent phrases batch there. Flow matching and HiFT stay here.
+* ``inprocess``: TTS-3B as eager torch inside this process, one phrase at a time (a laptop without Triton).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import json
 import threading
 import time
+import uuid
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +51,7 @@ from models.stepaudio.cosyvoice import (
     resolve_device,
 )
 from models.stepaudio.style import SPEEDS, parse_style, split_tags
+from models.stepaudio.text_codec import load_text_codec
 from services.kit.errors import InvalidArgument, NotFound, invalid_argument_on
 from services.tts.backends.base import Synthesis, TtsBackend, VoiceSpec
 from services.tts.settings import TtsSettings
@@ -76,64 +82,23 @@ class StepAudioTtsOptions(BaseSettings):
         default=50, gt=0, description="Streaming within a phrase: audio tokens per flow window / token run (50 is "
         "1.2 s; keep it a multiple of 5, one [2 linguistic, 3 semantic] group)."
     )
+    lm_backend: str = Field(
+        default="inprocess", pattern="^(inprocess|triton)$",
+        description="Where TTS-3B samples: triton (the step_audio_tts model; phrases run concurrently) or inprocess "
+        "(eager torch here, one phrase at a time).",
+    )
+    triton_urls: str = Field(default="", description="lm_backend=triton: Triton gRPC endpoints, comma separated.")
+    triton_model: str = Field(default="step_audio_tts", description="lm_backend=triton: the TTS-3B model's name.")
+    triton_first_token_timeout_s: float = Field(
+        default=30.0, gt=0, description="lm_backend=triton: an endpoint with no first token by then is skipped."
+    )
+    triton_ready_wait_s: float = Field(
+        default=300.0, ge=0, description="lm_backend=triton: how long warm-up waits for the model to be ready."
+    )
     stream_overlap_tokens: int = Field(
         default=10, gt=0, description="Streaming: look-ahead tokens each flow window also sees, cross-faded at the "
         "seam; the first audio comes after chunk + overlap tokens. Must be below stream_chunk_tokens."
     )
-
-
-class ByteEncoder:
-    """UTF-8 bytes + ``offset``: the documented text encoder of tiny test checkpoints."""
-
-    def __init__(self, offset: int) -> None:
-        if not 5 <= offset <= AUDIO_VOCAB_OFFSET - 256:
-            raise ValueError(f"byte encoder offset {offset} must be in 5..{AUDIO_VOCAB_OFFSET - 256}")
-        self.offset = offset
-
-    def encode(self, text: str) -> list[int]:
-        return [self.offset + b for b in text.encode("utf-8")]
-
-
-class _SentencePieceEncoder:
-    def __init__(self, path: Path) -> None:
-        import sentencepiece as spm
-
-        self.sp = spm.SentencePieceProcessor(model_file=str(path))
-
-    def encode(self, text: str) -> list[int]:
-        return [int(i) for i in self.sp.encode(text, out_type=int)]
-
-
-class _HfTokenizerEncoder:
-    def __init__(self, path: Path) -> None:
-        from tokenizers import Tokenizer
-
-        self.tok = Tokenizer.from_file(str(path))
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tok.encode(text, add_special_tokens=False).ids)
-
-
-def load_text_encoder(tts_dir: Path) -> Any:
-    """The text encoder for the TTS-3B prompt (see the module docstring for the order)."""
-    cfg = json.loads((tts_dir / "config.json").read_text(encoding="utf-8"))
-    spec = cfg.get("stepaudio_text_encoder")
-    if spec:
-        if spec.get("type") != "bytes":
-            raise ValueError(f"{tts_dir / 'config.json'}: stepaudio_text_encoder.type must be 'bytes'")
-        return ByteEncoder(int(spec.get("offset", 256)))
-    sp_model = tts_dir / "tokenizer.model"
-    if sp_model.is_file():
-        try:
-            return _SentencePieceEncoder(sp_model)
-        except ImportError:
-            if not (tts_dir / "tokenizer.json").is_file():
-                raise RuntimeError(
-                    f"{sp_model} needs the sentencepiece package: pip install sentencepiece"
-                ) from None
-    if (tts_dir / "tokenizer.json").is_file():
-        return _HfTokenizerEncoder(tts_dir / "tokenizer.json")
-    raise FileNotFoundError(f"missing {sp_model}: the TTS-3B text tokenizer")
 
 
 def speed_tag(speed: float) -> str:
@@ -174,8 +139,15 @@ class StepAudioTts(TtsBackend):
         fail_if_missing(problems, "tts (Step-Audio-TTS-3B)", ENV, self.root)
         torch.set_num_threads(max(1, settings.model_threads))
         self.device = resolve_device(self.opts.device)
-        self.lm = Step1ForCausalLM.from_pretrained(self.tts_dir, self.device)
-        self.encoder = load_text_encoder(self.tts_dir)
+        self.lm: Any = None
+        self.triton: _TritonTokens | None = None
+        if self.opts.lm_backend == "triton":
+            self.triton = _TritonTokens(self.opts)
+            vocab = int(json.loads((self.tts_dir / "config.json").read_text(encoding="utf-8"))["vocab_size"])
+        else:
+            self.lm = Step1ForCausalLM.from_pretrained(self.tts_dir, self.device)
+            vocab = self.lm.config.vocab_size
+        self.encoder = load_text_codec(self.tts_dir)
         self.engines = {
             name: Token2Wav(load_flow_dir(c, self.device), load_hift_dir(c, self.device), seed=self.opts.flow_seed)
             for name, c in (("common", common), ("music", music))
@@ -188,7 +160,6 @@ class StepAudioTts(TtsBackend):
                 f"no voices in {self.registry.root}: put <name>.wav and its exact transcript <name>.txt there "
                 "(registered at start), or <name>.npz voice files"
             )
-        vocab = self.lm.config.vocab_size
         if vocab < AUDIO_VOCAB_OFFSET + AUDIO_VOCAB_SIZE:
             raise ValueError(f"{self.tts_dir}/config.json vocab_size={vocab} has no audio ids (65536..70655)")
         mask = torch.full((vocab,), float("-inf"))
@@ -198,8 +169,21 @@ class StepAudioTts(TtsBackend):
         if self.opts.stream_overlap_tokens >= self.opts.stream_chunk_tokens:
             raise ValueError(f"STEPAUDIO_TTS_STREAM_OVERLAP_TOKENS={self.opts.stream_overlap_tokens} must be below "
                              f"STEPAUDIO_TTS_STREAM_CHUNK_TOKENS={self.opts.stream_chunk_tokens}")
-        self._lock = threading.Lock()
+        # In process, TTS-3B is one model under one lock; on Triton the phrases batch there and the flow and HiFT
+        # (stateless per stream) run concurrently here.
+        self._lock: Any = threading.Lock() if self.triton is None else contextlib.nullcontext()
         self.last_stream: StreamStats | None = None
+
+    def warmup(self) -> None:
+        if self.triton is not None and not self.triton.ready(self.opts.triton_ready_wait_s):
+            raise RuntimeError(f"Triton model {self.opts.triton_model!r} is not ready at {self.opts.triton_urls} "
+                               f"after {self.opts.triton_ready_wait_s:g} s: start it (docs/TRITON.md)")
+        super().warmup()
+
+    def dependencies_down(self) -> list[str]:
+        if self.triton is None or self.triton.ready(0.0):
+            return []
+        return [f"Triton model {self.opts.triton_model} at {self.opts.triton_urls}"]
 
     def _register_pending(self) -> None:
         """Register ``<name>.wav`` + ``<name>.txt`` that have no ``<name>.npz`` yet."""
@@ -257,6 +241,10 @@ class StepAudioTts(TtsBackend):
     def _tokens(self, plan: Any, seed: int) -> Generator[int, None, None]:
         """TTS-3B audio ids (65536 + X) as sampled."""
         import torch
+
+        if self.triton is not None:
+            budget = min(self.opts.max_new_tokens, self.opts.max_length - len(plan.input_ids))
+            return self.triton.tokens(plan.input_ids, budget, seed)
 
         return self.lm.generate_stream(  # type: ignore[return-value]  # a generator function
             plan.input_ids, max_new_tokens=self.opts.max_new_tokens, temperature=self.opts.temperature,
@@ -373,6 +361,52 @@ class StepAudioTts(TtsBackend):
             finally:
                 tokens.close()
                 stats.total_s = time.perf_counter() - stats.started
+
+
+class _TritonTokens:
+    """TTS-3B audio ids from the ``step_audio_tts`` Triton model, for the synthesis worker threads.
+
+    The platform's Triton client (:class:`services.kit.triton.TritonPool`) is asyncio; it runs on a loop of its own
+    in a daemon thread, and each phrase pulls its responses from there. Closing the generator cancels the request.
+    """
+
+    def __init__(self, opts: StepAudioTtsOptions) -> None:
+        from services.kit.triton import TritonPool
+
+        urls = [u.strip() for u in opts.triton_urls.split(",") if u.strip()]
+        self.pool = TritonPool(urls, first_token_timeout_s=opts.triton_first_token_timeout_s,
+                               env_hint="STEPAUDIO_TTS_TRITON_URLS")
+        self.opts = opts
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, name="tts-triton", daemon=True).start()
+
+    def ready(self, wait_s: float) -> bool:
+        coro = self.pool.warmup(self.opts.triton_model, wait_s) if wait_s > 0 else self.pool.ready(
+            self.opts.triton_model)
+        return bool(asyncio.run_coroutine_threadsafe(coro, self.loop).result(wait_s + 10))
+
+    def tokens(self, prompt_ids: list[int], max_tokens: int, seed: int) -> Generator[int, None, None]:
+        from services.kit.triton import token_inputs
+
+        inputs = token_inputs(prompt_ids, max_tokens, self.opts.temperature, self.opts.top_p, self.opts.top_k, seed)
+        timeout = max(30.0, max_tokens / 5.0)  # a whole phrase, even at 5 tokens/s
+        agen: Any = self.pool.stream(self.opts.triton_model, inputs, f"tts-{uuid.uuid4().hex[:12]}", timeout)
+        try:
+            while True:
+                try:
+                    result, _ = asyncio.run_coroutine_threadsafe(agen.__anext__(), self.loop).result()
+                except StopAsyncIteration:
+                    return
+                ids = result.as_numpy("output_ids")
+                if ids is not None:
+                    yield from (int(i) for i in ids.reshape(-1))
+        finally:
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(agen.aclose(), self.loop).result(10)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.pool.close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
 
 
 @dataclass
