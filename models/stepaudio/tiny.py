@@ -49,7 +49,7 @@ def tiny_step1_config() -> Step1Config:
         num_attention_groups=2,
         num_hidden_layers=2,
         vocab_size=74752,
-        max_seq_len=512,
+        max_seq_len=8192,  # ALiBi has no position table: the TTS-3B prompt (system text + voice) needs > 1k
     )
 
 

@@ -8,7 +8,6 @@ What Triton received is read from Triton's own request trace (level TENSORS), no
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 from collections.abc import Iterator
@@ -36,8 +35,9 @@ def sa_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, 
     run_dir = tmp_path_factory.mktemp("sa-stack")
     trace = run_dir / "triton-trace.json"
     stack = Stack(run_dir=run_dir, profile="stepaudio", model_dir=models,
-                  triton_args=[f"--trace-config=triton,file={trace}", "--trace-config=level=TENSORS",
-                               "--trace-config=rate=1", "--trace-config=triton,log-frequency=1"],
+                  triton_args=[f"--trace-config=triton,file={trace}", "--trace-config=level=TIMESTAMPS",
+                               "--trace-config=level=TENSORS", "--trace-config=rate=1",
+                               "--trace-config=triton,log-frequency=1"],
                   extra_env={"STEPAUDIO_TTS_MAX_NEW_TOKENS": "60", "STEPAUDIO_TTS_SEED": "0",
                              "STEPAUDIO_STEP1_THREADS": "1"})
     try:
@@ -49,24 +49,23 @@ def sa_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, 
     stack.stop()
 
 
+_TRACE_MODEL = re.compile(r'\{"id":(\d+),"model_name":"([^"]+)"')
+_TRACE_TENSOR = re.compile(
+    r'\{"id":(\d+),"activity":"TENSOR_QUEUE_INPUT","tensor":\{"name":"([^"]+)","data":"(.*?)","shape":"', re.S)
+
+
 def traced_inputs(trace: Path, model: str) -> list[dict[str, object]]:
-    """Input tensors of every request Triton traced for ``model`` (TENSORS level)."""
+    """Input tensors of every request Triton traced for ``model`` (levels TIMESTAMPS + TENSORS, one file per
+    trace). Read with patterns, not a JSON parser: Triton writes string tensors unescaped."""
+    text = ""
     deadline = time.monotonic() + 10
-    while True:  # the trace file is flushed by Triton on its own schedule
-        text = trace.read_text() if trace.exists() else ""
-        if text.strip():
+    while time.monotonic() < deadline:  # Triton writes the files on its own schedule
+        text = "".join(f.read_text(errors="replace") for f in sorted(trace.parent.glob(trace.name + "*")))
+        if _TRACE_TENSOR.search(text):
             break
-        if time.monotonic() > deadline:
-            return []
         time.sleep(0.2)
-    entries = json.loads(text if text.strip().startswith("[") else "[" + text.strip().rstrip(",") + "]")
-    ids = {e["id"] for e in entries if e.get("model_name") == model}
-    out: list[dict[str, object]] = []
-    for e in entries:
-        if e.get("id") in ids and "activity" in e and e["activity"] == "TENSOR_QUEUE_INPUT":
-            t = e["tensor"]
-            out.append({"id": e["id"], "name": t["name"], "data": t["data"]})
-    return out
+    ids = {i for i, name in _TRACE_MODEL.findall(text) if name == model}
+    return [{"id": i, "name": name, "data": data} for i, name, data in _TRACE_TENSOR.findall(text) if i in ids]
 
 
 async def test_spoken_turn_reaches_the_chat_model_as_audio_tokens(sa_stack: tuple[Stack, Path]) -> None:

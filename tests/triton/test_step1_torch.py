@@ -43,15 +43,15 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def server(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonHandle]:
     repo = tmp_path_factory.mktemp("repo")
-    make_torch_model("chat", repo, {"checkpoint_dir": str(checkpoints["chat"]), "device": "cpu", "threads": "1"})
-    make_torch_model("tts", repo, {"checkpoint_dir": str(checkpoints["tts"]), "device": "cpu", "threads": "1",
-                                   "slots": "2"})
-    # the same chat checkpoint served with stock TensorRT-LLM's linear ALiBi: must never load
+    # the chat checkpoint served with stock TensorRT-LLM's linear ALiBi: must never load
     wrong = make_torch_model("chat", repo, {"checkpoint_dir": str(checkpoints["chat"]), "device": "cpu",
                                             "alibi_bias": "linear"})
     wrong.rename(repo / "chat_linear_alibi")
     cfg = repo / "chat_linear_alibi" / "config.pbtxt"
     cfg.write_text(cfg.read_text().replace('name: "step_audio_chat"', 'name: "chat_linear_alibi"'))
+    make_torch_model("chat", repo, {"checkpoint_dir": str(checkpoints["chat"]), "device": "cpu", "threads": "1"})
+    make_torch_model("tts", repo, {"checkpoint_dir": str(checkpoints["tts"]), "device": "cpu", "threads": "1",
+                                   "slots": "2"})
     with start_triton(repo, models=["step_audio_chat", "step_audio_tts"], ready_timeout=240) as handle:
         yield handle
 
