@@ -6,7 +6,7 @@ from models.stepaudio.style import parse_style
 from services.gateway.settings import GatewaySettings
 from services.gateway.turns import TurnParams
 from services.kit.audio import SUPPORTED_RATES
-from services.kit.errors import InvalidArgument, NotFound
+from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.vad.hysteresis import Hysteresis
 from stepaudio.common.v1 import audio_pb2
 from stepaudio.conversation.v1 import conversation_pb2 as pb
@@ -33,8 +33,18 @@ def resolve_turn_params(config: pb.SessionConfig, s: GatewaySettings) -> TurnPar
     if values["endpoint_ms"] < values["pause_ms"]:
         raise InvalidArgument(f"turn_detection: endpoint_ms={values['endpoint_ms']} must be >= "
                               f"pause_ms={values['pause_ms']}")
+    policy = {pb.TURN_POLICY_SILENCE_TIMER: "silence_timer",
+              pb.TURN_POLICY_END_OF_TURN_MODEL: "end_of_turn_model"}.get(td.policy, s.turn_policy)
+    if td.policy not in (pb.TURN_POLICY_UNSPECIFIED, pb.TURN_POLICY_SILENCE_TIMER, pb.TURN_POLICY_END_OF_TURN_MODEL):
+        raise InvalidArgument(f"turn_detection.policy={td.policy} is not a TurnPolicy value")
+    if policy == "end_of_turn_model" and s.end_of_turn_model == "off":
+        raise FailedPrecondition("turn_detection.policy=TURN_POLICY_END_OF_TURN_MODEL: this gateway has no "
+                                 "end-of-turn model (STEPAUDIO_GATEWAY_END_OF_TURN_MODEL=off); use "
+                                 "TURN_POLICY_SILENCE_TIMER")
     return TurnParams(hysteresis=hysteresis, noise_hold_ms=s.noise_hold_ms,
-                      speculative=td.speculative if config.HasField("turn_detection") else s.speculative, **values)
+                      speculative=td.speculative if config.HasField("turn_detection") else s.speculative,
+                      policy=policy, end_of_turn_threshold=s.end_of_turn_threshold,
+                      end_of_turn_max_wait_ms=s.end_of_turn_max_wait_ms, **values)
 
 
 def validate_config(config: pb.SessionConfig, settings: GatewaySettings, tool_specs: dict[str, tools_pb2.Tool],

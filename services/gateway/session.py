@@ -41,6 +41,7 @@ from services.gateway.store import SessionStore, session_ref
 from services.gateway.turns import (
     BargeIn,
     Decision,
+    EndOfTurnModel,
     Endpoint,
     HoldReply,
     ResumeReply,
@@ -248,6 +249,8 @@ class Session:
         self.started_at = now()
         self.overflowed = False
         self._vad_failed_at = -1e9  # when the last VAD stream failed (reopened at most once a second)
+        self._eot_failed = False  # the end-of-turn model failed once in this session (said once)
+        self.judges: set[asyncio.Task] = set()  # end-of-turn verdicts being computed
 
     # ---- output -------------------------------------------------------------------------------------------
 
@@ -385,7 +388,7 @@ class Session:
         """The stream ended: stop listening and replying, log the session's end."""
         self.drop_asr()
         self.close_window(end_span=True)
-        for task in list(self.tasks):
+        for task in [*self.tasks, *self.judges]:
             task.cancel()
         self.report.session_ended(reason, self.history.turns, (now() - self.started_at) * 1000)
 
@@ -461,10 +464,33 @@ class Session:
                     self.discard(self.pending)
                 self.restart_asr()
             case UserPaused(offset_ms=offset):
+                if isinstance(self.turns.policy, EndOfTurnModel):
+                    self.judge_turn(self.turns.policy, offset)
                 if self.params.speculative:
                     self.begin_reply(offset, speculative=True)
             case Endpoint(speech_end_ms=end):
                 self.endpoint(end, reopen=True)
+
+    def judge_turn(self, policy: EndOfTurnModel, pause_at_ms: float) -> None:
+        """Ask the end-of-turn model about the utterance up to this pause; the verdict reaches the policy, which
+        the next VAD update consults (audio keeps arriving, so within a frame)."""
+        audio = self.buffer.since(self.utterance_start_ms)
+
+        async def judge() -> None:
+            t0 = now()
+            try:
+                p = await self.stages.end_of_turn(audio, self.rate)
+            except StageError as e:
+                if not self._eot_failed:
+                    self._eot_failed = True
+                    self.error(e.code, f"end-of-turn model: {e.message}; the silence timer decides instead")
+                return
+            policy.judge(pause_at_ms, p)
+            log.debug("end of turn judged", probability=round(p, 3), ms=round((now() - t0) * 1000, 1))
+
+        task = asyncio.create_task(judge())
+        self.judges.add(task)
+        task.add_done_callback(self.judges.discard)
 
     def playing(self) -> Reply | None:
         return next((r for r in self.replies if r.committed.is_set() and r.running), None)

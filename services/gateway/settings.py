@@ -49,6 +49,15 @@ class GatewaySettings(ServiceSettings):
                                         "confirmed speech min_speech_ms plus this later, the reply plays on, in ms."
     )
     speculative: bool = Field(True, description="Default: start replies at the pause, commit at the endpoint.")
+    turn_policy: Literal["silence_timer", "end_of_turn_model"] = Field(
+        "silence_timer", description="Default turn policy of sessions that do not choose one.")
+    end_of_turn_model: Literal["off", "smart_turn_v3"] = Field(
+        "smart_turn_v3", description="Audio end-of-turn model sessions may choose (loaded at start when its package "
+                                     "is installed: pipecat-ai, --no-deps); off: none.")
+    end_of_turn_threshold: float = Field(0.5, gt=0, lt=1, description="P(complete) at or above which the turn ends.")
+    end_of_turn_max_wait_ms: int = Field(
+        2000, ge=0, le=10000, description="After an 'incomplete' verdict, the turn still ends after this much "
+                                          "silence.")
     incremental_asr: bool = Field(True, description="Transcribe while the user speaks (partial transcripts).")
     asr_languages: str = Field(
         "en", description="Languages the deployment's ASR transcribes (comma-separated ISO 639-1, '*' for any). A "

@@ -1,7 +1,9 @@
 """How the gateway reaches the stages: one small interface (gRPC in production, in-process fakes in unit tests).
 
-Every method is a stream or a call of one stage. Failures surface as :class:`StageError` with the stage's gRPC
-status and a message that names the stage; closing (or cancelling the consumer of) a stream cancels the call.
+Every method is a stream or a call of one stage, except :meth:`Stages.end_of_turn`: the audio end-of-turn model is
+small (Smart Turn v3.2, 8 MB) and runs in the gateway process, off the event loop. Failures surface as
+:class:`StageError` with the stage's gRPC status and a message that names the stage; closing (or cancelling the
+consumer of) a stream cancels the call.
 """
 
 from __future__ import annotations
@@ -12,16 +14,20 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import grpc
+import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.gateway.settings import GatewaySettings
+from services.kit.audio import pcm16_to_float
 from services.kit.clients import channel
-from services.kit.errors import StageError
+from services.kit.errors import FailedPrecondition, StageError
 from stepaudio.llm.v1 import llm_pb2, llm_pb2_grpc
 from stepaudio.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 from stepaudio.tools.v1 import tools_pb2, tools_pb2_grpc
 from stepaudio.tts.v1 import tts_pb2, tts_pb2_grpc
 from stepaudio.vad.v1 import vad_pb2, vad_pb2_grpc
+
+log = structlog.get_logger("stepaudio.gateway.stages")
 
 
 class Stages(ABC):
@@ -65,6 +71,10 @@ class Stages(ABC):
     async def refresh_catalogs(self, deadline_s: float = 10.0) -> None:
         """Fill ``tool_specs`` and ``voices``."""
 
+    async def end_of_turn(self, pcm16: bytes, rate: int) -> float:
+        """P(the user finished the turn) for the utterance so far (PCM16 mono at ``rate``)."""
+        raise FailedPrecondition("this gateway has no end-of-turn model")
+
     async def warm_llm(self, request: llm_pb2.GenerateRequest, timeout_s: float) -> None:
         """Run one generation to fill the LLM's prompt cache (warm-up; waits for the LLM to be ready)."""
         async for _ in self.generate(request, timeout_s):
@@ -96,6 +106,22 @@ class GrpcStages(Stages):
         super().__init__()
         self.settings = settings
         self._channels: list[grpc.aio.Channel] = []
+        self._eot: Any = None
+        if settings.end_of_turn_model == "smart_turn_v3":
+            from models.turn.smart_turn import SmartTurn
+
+            try:
+                self._eot = SmartTurn()
+            except (FileNotFoundError, ImportError) as e:
+                if settings.turn_policy == "end_of_turn_model":
+                    raise  # the default policy needs it: refuse to start without it
+                log.warning("end-of-turn model unavailable; sessions asking for it get FAILED_PRECONDITION",
+                            error=str(e))
+
+    async def end_of_turn(self, pcm16: bytes, rate: int) -> float:
+        if self._eot is None:
+            return await super().end_of_turn(pcm16, rate)
+        return await asyncio.to_thread(self._eot.probability, pcm16_to_float(pcm16), rate)
 
     def connect(self) -> None:
         """Open the channels; call inside the running event loop (aio channels belong to one loop)."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from services.vad.hysteresis import Hysteresis
@@ -81,6 +81,9 @@ class TurnParams:
     min_interruption_ms: int
     noise_hold_ms: int
     speculative: bool
+    policy: str = "silence_timer"  # silence_timer | end_of_turn_model
+    end_of_turn_threshold: float = 0.5
+    end_of_turn_max_wait_ms: int = 2000
 
     @property
     def start_threshold(self) -> float:
@@ -108,6 +111,44 @@ class SilenceTimer:
         return processed_ms >= max(pause_at_ms, last_voice_ms) + self.endpoint_ms
 
 
+@dataclass
+class EndOfTurnModel:
+    """An audio end-of-turn model judges each pause (the session feeds its verdicts with :meth:`judge`).
+
+    Until the verdict for the current pause arrives, the silence timer decides. P(complete) >= ``threshold``
+    ends the turn at once (unless a voiced frame came after the pause: then the timer again, as a resumption
+    that VAD has not confirmed must not be cut off); below it the turn ends only after ``max_wait_ms`` of silence
+    (hesitations, lists, numbers)."""
+
+    endpoint_ms: int
+    max_wait_ms: int
+    threshold: float = 0.5
+    verdicts: dict[float, float] = field(default_factory=dict)  # pause offset -> P(complete)
+
+    def judge(self, pause_at_ms: float, probability: float) -> None:
+        self.verdicts = {pause_at_ms: probability}  # only the latest pause matters
+
+    def endpoint_reached(self, pause_at_ms: float, last_voice_ms: float, processed_ms: float) -> bool:
+        silent_since = max(pause_at_ms, last_voice_ms)
+        p = self.verdicts.get(pause_at_ms)
+        if p is None:
+            wait = self.endpoint_ms  # no verdict yet
+        elif p >= self.threshold:
+            if last_voice_ms <= pause_at_ms:
+                return True  # complete: no need to wait out the silence
+            wait = self.endpoint_ms
+        else:
+            wait = max(self.max_wait_ms, self.endpoint_ms)  # incomplete: give the user time
+        return processed_ms >= silent_since + wait
+
+
+def make_policy(params: TurnParams) -> TurnPolicy:
+    """The session's turn policy from its parameters."""
+    if params.policy == "end_of_turn_model":
+        return EndOfTurnModel(params.endpoint_ms, params.end_of_turn_max_wait_ms, params.end_of_turn_threshold)
+    return SilenceTimer(params.endpoint_ms)
+
+
 @dataclass(frozen=True)
 class VadUpdate:
     """What one VAD response says, in session audio offsets."""
@@ -123,7 +164,7 @@ class TurnDetector:
 
     def __init__(self, params: TurnParams, policy: TurnPolicy | None = None) -> None:
         self.params = params
-        self.policy: TurnPolicy = policy or SilenceTimer(params.endpoint_ms)
+        self.policy: TurnPolicy = policy or make_policy(params)
         self.state = State.SILENCE
         self.pause_at_ms: float | None = None  # where the current pause began (USER_PAUSED only)
         self.last_voice_ms = -1.0  # end of the last voiced frame

@@ -16,7 +16,7 @@ from tests.deploy.conftest import CHART, KUBE_VERSIONS, PROFILES, pod_specs, ren
 
 STABLE_SELECTOR_KEYS = {"app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component"}
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "KafkaTopic"}
-GPU_COMPONENTS = {"tokenizer", "tts", "vocoder", "triton"}
+GPU_COMPONENTS = {"tokenizer", "tts", "triton"}  # the vocoder is opt-in (HiFT runs inside TTS)
 
 
 def _component(d: dict[str, Any]) -> str:
@@ -154,7 +154,8 @@ def test_gpu_pods_tolerate_taints_and_request_gpus(profile: str) -> None:
 
 
 def test_mig_resource_name_is_used() -> None:
-    docs = render("stepaudio", "--set", "vocoder.gpu.resourceName=nvidia.com/mig-3g.40gb")
+    docs = render("stepaudio", "--set", "vocoder.enabled=true",
+                  "--set", "vocoder.gpu.resourceName=nvidia.com/mig-3g.40gb")
     voc = next(d for d in docs if d["kind"] == "Deployment" and _component(d) == "vocoder")
     lim = voc["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert lim.get("nvidia.com/mig-3g.40gb") == 1 and "nvidia.com/gpu" not in lim
@@ -313,7 +314,7 @@ def test_hpas() -> None:
 
 
 def test_model_store_pvc_and_env() -> None:
-    docs = render("stepaudio")
+    docs = render("stepaudio", "--set", "vocoder.enabled=true")
     pvc = next(d for d in docs if d["kind"] == "PersistentVolumeClaim" and "models" in d["metadata"]["name"])
     assert pvc["spec"]["accessModes"] == ["ReadOnlyMany"]
     for d in docs:
@@ -432,3 +433,27 @@ def _failures() -> dict[tuple[str, ...], str]:
 def test_validate_values_messages(args: list[str], expect: str) -> None:
     err = _failures()[tuple(args)]
     assert "VALUES VALIDATION" in err and expect in err, err
+
+
+@pytest.mark.parametrize("profile", ["embedded", "stepaudio"])
+def test_tts_samples_on_triton_in_the_stepaudio_profile(profile: str) -> None:
+    """stepaudio: TTS-3B runs on Triton (the chart's step_audio_tts model), which the TTS service now calls."""
+    from services.tts.backends.stepaudio import StepAudioTtsOptions
+
+    tts = next(d for d in render(profile) if d["kind"] == "Deployment" and _component(d) == "tts")
+    env = {e["name"]: e.get("value") for e in tts["spec"]["template"]["spec"]["containers"][0]["env"]}
+    if profile == "embedded":
+        assert "STEPAUDIO_TTS_LM_BACKEND" not in env
+        return
+    assert env["STEPAUDIO_TTS_LM_BACKEND"] == "triton"
+    assert env["STEPAUDIO_TTS_TRITON_URLS"].endswith("-triton:8001")
+    opts = StepAudioTtsOptions(lm_backend=env["STEPAUDIO_TTS_LM_BACKEND"], triton_urls=env["STEPAUDIO_TTS_TRITON_URLS"])
+    assert opts.triton_model == "step_audio_tts"
+
+
+def test_vocoder_is_opt_in() -> None:
+    """One design: HiFT runs inside TTS, so the default deployment has no vocoder nobody calls."""
+    for profile in ("embedded", "stepaudio"):
+        assert not any(d["kind"] == "Deployment" and _component(d) == "vocoder" for d in render(profile))
+    assert any(d["kind"] == "Deployment" and _component(d) == "vocoder"
+               for d in render("stepaudio", "--set", "vocoder.enabled=true"))

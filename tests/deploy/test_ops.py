@@ -80,7 +80,7 @@ def release(kapi: apiserver.ApiServer) -> Iterator[dict[str, Any]]:
     proc = subprocess.run(
         [str(helm_path()), "install", REL, str(CHART), "-n", NS, "--create-namespace", *PROFILES["stepaudio"],
          "--set", "metrics.serviceMonitor.enabled=false", "--set", "metrics.prometheusRule.enabled=false",
-         "--set", "kafka.strimzi.enabled=false", "--set", "rbac.ops.create=true",
+         "--set", "kafka.strimzi.enabled=false", "--set", "rbac.ops.create=true", "--set", "vocoder.enabled=true",
          "--set-json", f"rbac.ops.subjects={subjects}"],
         capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr

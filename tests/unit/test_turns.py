@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from services.gateway.turns import (
     BargeIn,
+    EndOfTurnModel,
     Endpoint,
     HoldReply,
     ResumeReply,
@@ -88,3 +91,42 @@ def test_end_of_input_ends_the_turn_where_speech_stopped() -> None:
     assert det.end_of_input(1600) == [Endpoint(1600)]
     _, det = run([])
     assert det.end_of_input(1600) == []
+
+
+def _eot_detector(verdict: float | None) -> tuple[TurnDetector, EndOfTurnModel]:
+    params = dataclasses.replace(PARAMS, policy="end_of_turn_model", end_of_turn_max_wait_ms=1500)
+    det = TurnDetector(params)
+    assert isinstance(det.policy, EndOfTurnModel)
+    return det, det.policy
+
+
+@pytest.mark.parametrize(("verdict", "endpoint_at"), [
+    (None, 1500 + 500),  # no verdict yet: the silence timer (endpoint_ms 500)
+    (0.9, 1500 + 100),  # complete: the next update after the verdict ends the turn
+    (0.1, 1500 + 1500),  # incomplete: waits max_wait_ms (a hesitation, a list, a number)
+])
+def test_end_of_turn_model_policy(verdict: float | None, endpoint_at: float) -> None:
+    det, policy = _eot_detector(verdict)
+    det.on_vad(VadUpdate([], [(True, 500)], 500, FRAME), False)
+    assert det.on_vad(VadUpdate([], [(False, 1500)], 1500, FRAME), False) == [UserPaused(1500)]
+    if verdict is not None:
+        policy.judge(1500, verdict)
+    ends = [ms for ms in range(1532, 3500, 32) if det.on_vad(VadUpdate([], [], ms, FRAME), False)]
+    assert ends and endpoint_at <= ends[0] < endpoint_at + 32, ends
+
+
+def test_end_of_turn_verdict_belongs_to_its_pause() -> None:
+    det, policy = _eot_detector(None)
+    det.on_vad(VadUpdate([], [(True, 500)], 500, FRAME), False)
+    det.on_vad(VadUpdate([], [(False, 1000)], 1000, FRAME), False)
+    policy.judge(1000, 0.95)
+    # a voiced frame after the pause (a resumption VAD has not confirmed): a "complete" must not cut it off
+    det.on_vad(VadUpdate([1100], [], 1132, FRAME), False)
+    assert det.on_vad(VadUpdate([], [], 1400, FRAME), False) == []
+    assert det.on_vad(VadUpdate([], [], 1700, FRAME), False) == [Endpoint(1000)]  # the timer after the frame
+    # a verdict for an older pause does not end a newer one
+    det2, policy2 = _eot_detector(None)
+    det2.on_vad(VadUpdate([], [(True, 500)], 500, FRAME), False)
+    det2.on_vad(VadUpdate([], [(False, 2000)], 2000, FRAME), False)
+    policy2.judge(1000, 0.99)
+    assert det2.on_vad(VadUpdate([], [], 2100, FRAME), False) == []

@@ -189,6 +189,13 @@ spec:
             - name: STEPAUDIO_LLM_TRITON_URLS
               value: {{ default (printf "%s-triton:%v" $fullname $v.triton.ports.grpc) $c.tritonUrls | quote }}
             {{- end }}
+            {{- if and (eq .name "tts") (eq $v.profile "stepaudio") }}
+            {{- /* TTS-3B samples on Triton (step_audio_tts); flow matching and HiFT stay in the TTS pod */}}
+            - name: STEPAUDIO_TTS_LM_BACKEND
+              value: "triton"
+            - name: STEPAUDIO_TTS_TRITON_URLS
+              value: {{ printf "%s-triton:%v" $fullname $v.triton.ports.grpc | quote }}
+            {{- end }}
             {{- if and (has .name (list "gateway" "rlhf")) $v.kafka.bootstrapServers }}
             {{- /* gateway: the conversation-log producer reads STEPAUDIO_CONVLOG_KAFKA_*; rlhf: STEPAUDIO_RLHF_KAFKA_* */}}
             {{- include "stepaudio.kafkaEnv" (dict "ctx" .ctx "name" (ternary "convlog" "rlhf" (eq .name "gateway"))) | nindent 12 }}

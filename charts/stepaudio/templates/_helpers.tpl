@@ -205,7 +205,7 @@ validateValues: fail early with messages that say which value to change.
 {{- $gpuComponents := list "tokenizer" "tts" "vocoder" "triton" -}}
 {{- if eq $v.profile "stepaudio" -}}
   {{- if not $v.gpu.enabled -}}
-    {{- $msgs = append $msgs "profile=stepaudio needs GPUs: set gpu.enabled=true and give triton, tokenizer, tts and vocoder a gpu.count >= 1 (or use profile=embedded with values-embedded.yaml for a CPU-only cluster)" -}}
+    {{- $msgs = append $msgs "profile=stepaudio needs GPUs: set gpu.enabled=true and give triton, tokenizer and tts (and vocoder, when enabled) a gpu.count >= 1 (or use profile=embedded with values-embedded.yaml for a CPU-only cluster)" -}}
   {{- end -}}
   {{- range $n := $gpuComponents -}}
     {{- $c := index $v $n -}}
