@@ -170,6 +170,9 @@ class FakeStages(Stages):
         self.llm_hang_after = -1  # the LLM stops after this many words (-1: never)
         self.vad_failures = 0  # this many VAD streams fail with UNAVAILABLE (a killed process) before one works
         self.vad_streams = 0
+        self.eot_probability: float | None = None  # the end-of-turn model's verdict (None: the gateway has none)
+        self.eot_s = 0.03
+        self.eot_calls: list[float] = []  # ms of utterance audio judged
         self.llm_requests: list[llm_pb2.GenerateRequest] = []
         self.tool_calls: list[tools_pb2.ExecuteToolRequest] = []
         self.tts_texts: list[str] = []
@@ -267,6 +270,14 @@ class FakeStages(Stages):
                 pending = ""
         if pending.strip():
             yield await speak(pending.strip())
+
+    async def end_of_turn(self, pcm16: bytes, rate: int) -> float:
+        """``eot_probability`` after ``eot_s`` (the model's compute); None: no model (as the base class)."""
+        self.eot_calls.append(len(pcm16) * 500 / rate)
+        if self.eot_probability is None:
+            return await super().end_of_turn(pcm16, rate)
+        await asyncio.sleep(self.eot_s)
+        return self.eot_probability
 
     async def execute_tool(self, request: tools_pb2.ExecuteToolRequest, timeout_s: float
                            ) -> tools_pb2.ExecuteToolResponse:

@@ -692,3 +692,61 @@ def test_tenant_audio_per_minute_quota() -> None:
     c, err = run_virtual(main)
     assert isinstance(err, StageError) and err.code == grpc.StatusCode.RESOURCE_EXHAUSTED, err
     assert "audio per minute" in err.message and err.retry_after_s is not None
+
+
+def _eot_turn(probability: float | None, **settings: object) -> tuple[Client, FakeStages]:
+    stages = FakeStages()
+    stages.eot_probability = probability
+
+    async def main() -> Client:
+        td = pb.TurnDetection(pause_ms=200, endpoint_ms=800, speculative=True,
+                              policy=pb.TURN_POLICY_END_OF_TURN_MODEL)
+        c = Client(gateway(stages, end_of_turn_max_wait_ms=2000, **settings), turn_detection=td)
+        await c.speak(np.concatenate([silence(500), tone(1000), silence(3000)]))
+        await c.wait_turns(1)
+        await c.close()
+        return c
+
+    return run_virtual(main), stages
+
+
+def test_end_of_turn_model_commits_a_complete_turn_before_the_silence_timer() -> None:
+    c, stages = _eot_turn(0.95)
+    [done] = c.of("turn_completed")
+    timings = {t.name: t.duration_ms for t in done.timings}
+    # pause (200 ms) + the model (30 ms) + the next VAD frame, instead of the 800 ms timer
+    assert 200 <= timings["endpoint"] <= 200 + 30 + 2 * 32 + 5, timings
+    # it judged the utterance up to the pause: prefix padding (300) + speech (1000) + the pause (200, + a frame)
+    assert stages.eot_calls and 1300 <= stages.eot_calls[0] <= 1600, stages.eot_calls
+    assert done.outcome == pb.TURN_OUTCOME_COMPLETED and done.speculative  # the speculative reply was committed
+
+
+def test_end_of_turn_model_waits_longer_when_the_turn_is_incomplete() -> None:
+    c, _ = _eot_turn(0.05)
+    [done] = c.of("turn_completed")
+    timings = {t.name: t.duration_ms for t in done.timings}
+    assert 1999 <= timings["endpoint"] <= 2000 + 40, timings  # end_of_turn_max_wait_ms, not 800
+
+
+def test_end_of_turn_model_missing_falls_back_to_the_timer_with_one_error() -> None:
+    c, _ = _eot_turn(None)
+    [done] = c.of("turn_completed")
+    timings = {t.name: t.duration_ms for t in done.timings}
+    assert 799 <= timings["endpoint"] <= 840, timings
+    errors = c.of("error")
+    assert len(errors) == 1 and errors[0].code == "FAILED_PRECONDITION" and "silence timer" in errors[0].message
+
+
+def test_end_of_turn_policy_refused_when_the_gateway_has_no_model() -> None:
+    async def main() -> Client:
+        td = pb.TurnDetection(policy=pb.TURN_POLICY_END_OF_TURN_MODEL)
+        c = Client(gateway(FakeStages(), end_of_turn_model="off"), turn_detection=td)
+        await c.task
+        return c
+
+    try:
+        run_virtual(main)
+    except StageError as e:
+        assert e.code.name == "FAILED_PRECONDITION" and "TURN_POLICY_SILENCE_TIMER" in e.message
+    else:
+        raise AssertionError("the session should have been refused")

@@ -102,7 +102,7 @@ def _eot_detector(verdict: float | None) -> tuple[TurnDetector, EndOfTurnModel]:
 
 @pytest.mark.parametrize(("verdict", "endpoint_at"), [
     (None, 1500 + 500),  # no verdict yet: the silence timer (endpoint_ms 500)
-    (0.9, 1500 + 100),  # complete: the next update after the verdict ends the turn
+    (0.9, 1500 + 32),  # complete: the first update after the verdict ends the turn
     (0.1, 1500 + 1500),  # incomplete: waits max_wait_ms (a hesitation, a list, a number)
 ])
 def test_end_of_turn_model_policy(verdict: float | None, endpoint_at: float) -> None:
