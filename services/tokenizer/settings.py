@@ -17,6 +17,11 @@ class TokenizerSettings(ServiceSettings):
     )
     compute_type: str = Field("int8", description="CTranslate2 compute type for Whisper (int8 on CPU).")
     beam_size: int = Field(1, description="Whisper beam size (1 = greedy, fastest).")
+    min_fitted_window_s: float = Field(
+        6.0, ge=1.0, le=30.0, description="Shortest fitted window: short clips padded to less loop on their last "
+                                          "word (measured on real recordings: 'Side Right Right' at 2.5 s, 'Side "
+                                          "Right' at 6 s)."
+    )
     max_fitted_window_s: float = Field(
         25.0, description="Audio up to this long runs Whisper on a window fitted to it (faster); longer audio "
                           "uses the standard 30 s windows."

