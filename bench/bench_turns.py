@@ -32,7 +32,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.kit.audio import float_to_pcm16, read_wav, resample  # noqa: E402
+from services.kit.audio import float_to_pcm16, pcm16_to_float, read_wav, resample  # noqa: E402
+from services.tts.seams import longest_inner_silence_ms  # noqa: E402
 from services.vad.backends.silero import SileroVad  # noqa: E402
 from services.vad.detector import DetectorConfig, SpeechDetector  # noqa: E402
 from stepaudio.client import Conversation, session_config  # noqa: E402
@@ -67,7 +68,9 @@ async def one_turn(addr: str, audio: np.ndarray, end_ms: float, td: pb.TurnDetec
         result = await conv.finish()
     turn = result.turns[-1]
     done = next(e.turn_completed for e in result.events if e.WhichOneof("event") == "turn_completed")
+    reply = pcm16_to_float(bytes(turn.audio))
     return {
+        "inner_silence_ms": float(longest_inner_silence_ms(reply, result.sample_rate_hz)),
         "ttfa_ms": (turn.first_audio_at - sent_end) * 1000 if turn.first_audio_at else float("nan"),
         "server_ttfa_ms": turn.timings.get("time_to_first_audio", float("nan")),
         "asr_ms": turn.timings.get("asr", float("nan")),
@@ -155,7 +158,7 @@ def main() -> int:
     print()
     print(f"time to first audio, {len(base)} turns each, real-time input, endpoint {args.endpoint_ms} ms")
     print(f"{'config':<12}{'median ms':>10}{'p95 ms':>9}{'ratio med':>11}{'ratio p95':>11}{'asr med':>9}"
-          f"{'llm med':>9}{'tts med':>9}{'spec commit':>13}")
+          f"{'llm med':>9}{'tts med':>9}{'spec commit':>13}{'inner sil max':>15}")
     for name, rows in results.items():
         ttfa = [x["ttfa_ms"] for x in rows]
         med, q95 = statistics.median(ttfa), p95(ttfa)
@@ -165,7 +168,8 @@ def main() -> int:
         print(f"{name:<12}{med:>10.0f}{q95:>9.0f}{med / b_med:>11.2f}{q95 / b_p95:>11.2f}"
               f"{statistics.median(x['asr_ms'] for x in rows):>9.0f}"
               f"{statistics.median(x['llm_ms'] for x in rows):>9.0f}"
-              f"{statistics.median(x['tts_ms'] for x in rows):>9.0f}{commit:>13}")
+              f"{statistics.median(x['tts_ms'] for x in rows):>9.0f}{commit:>13}"
+              f"{max(x['inner_silence_ms'] for x in rows):>12.0f} ms")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator
 
@@ -17,6 +18,7 @@ from services.kit.errors import InvalidArgument, NotFound, invalid_argument_on
 from services.kit.streams import config_first
 from services.tts.backends import Synthesis, TtsBackend
 from services.tts.chunker import PhraseChunker, split_phrases
+from services.tts.seams import SeamTrimmer
 from services.tts.settings import TtsSettings
 from stepaudio.common.v1 import audio_pb2, tokens_pb2
 from stepaudio.tts.v1 import tts_pb2, tts_pb2_grpc
@@ -168,15 +170,33 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
 
         reader = asyncio.create_task(read())
         out = _Output(config.sample_rate_hz)
+        seams: SeamTrimmer | None = None  # audio only: phrase seams inside a sentence sound like word gaps
         try:
             while (item := await phrases.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
+                if seams is not None:
+                    seams.start(item)
                 async with contextlib.aclosing(self._speak(item, config, voice)) as pieces:
                     first = True
+                    last: Synthesis | None = None
                     async for syn in pieces:
+                        if syn.audio is not None:
+                            if seams is None:
+                                seams = SeamTrimmer(syn.sample_rate_hz, self.settings.seam_word_gap_ms,
+                                                    self.settings.seam_comma_pause_ms)
+                                seams.start(item)
+                            last = syn
+                            syn = dataclasses.replace(syn, audio=seams.push(syn.audio))
+                            if syn.audio is not None and not syn.audio.size:
+                                continue  # silence held back until the phrase's end
                         yield tts_pb2.SynthesizeStreamResponse(chunk=out.chunk(item if first else "", syn))
                         first = False
+                if seams is not None and last is not None:
+                    tail = seams.end()
+                    if tail.size or first:
+                        yield tts_pb2.SynthesizeStreamResponse(
+                            chunk=out.chunk(item if first else "", dataclasses.replace(last, audio=tail)))
         finally:
             reader.cancel()
             with contextlib.suppress(BaseException):

@@ -18,4 +18,10 @@ class TtsSettings(ServiceSettings):
     )
     max_phrase_chars: int = Field(160, description="Streaming: speak a phrase once it is this long, even mid-clause.")
     max_text_chars: int = Field(5000, description="Longest text accepted in one request.")
+    seam_word_gap_ms: float = Field(
+        30.0, ge=0, description="Streaming: silence kept at a seam where a sentence was cut mid-way (end of one "
+                                "phrase and start of the next); Piper's gaps between words are 40-70 ms.")
+    seam_comma_pause_ms: float = Field(
+        220.0, ge=0, description="Streaming: most silence kept after a phrase cut at , ; : (Piper's own pause at a "
+                                 "comma, measured: 220-310 ms).")
     model_dir: str = Field("", description="Step-Audio-TTS-3B + CosyVoice directory (stepaudio profile).")
