@@ -52,6 +52,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"  {name:<10} 127.0.0.1:{port}")
     print(f"  {'triton':<10} grpc 127.0.0.1:{stack.triton_ports['grpc']} metrics "
           f"http://127.0.0.1:{stack.triton_ports['metrics']}/metrics")
+    print(f"  {'http api':<10} {stack.http_url}/v1 (OpenAI-style: audio/transcriptions, audio/speech, models)")
     print(f"logs in {stack.run_dir / 'logs'}; stop with: stepaudio down")
     return 0
 

@@ -66,6 +66,7 @@ class Stack:
     #: Step1 models on Triton; the torch Step1 model serves them on CPU, e.g. a ``stepaudio models make-tiny`` store)
     profile: str = "embedded"
     model_dir: Path | None = None
+    http_port: int = 0  # the OpenAI-style HTTP API; 0: 8080 with fixed ports, else a free one
     #: extra tritonserver flags (e.g. --trace-config=... in tests)
     triton_args: list[str] = field(default_factory=list)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
@@ -97,6 +98,9 @@ class Stack:
             env.setdefault(prefix + "MODEL_THREADS", "2")
         if name == "tools":
             env.setdefault(prefix + "ENABLE_DIAGNOSTIC_TOOLS", "true")  # the local stack exercises slow tools
+        if name == "httpapi":
+            env.update({prefix + "PORT": str(self.http_port), prefix + "HOST": "127.0.0.1",
+                        prefix + "TOKENIZER_ADDR": self.addr("tokenizer"), prefix + "TTS_ADDR": self.addr("tts")})
         if name == "gateway":
             for peer in ("vad", "tokenizer", "llm", "tools", "tts"):
                 env[f"{prefix}{peer.upper()}_ADDR"] = self.addr(peer)
@@ -159,6 +163,7 @@ class Stack:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for name in self.services:
             self.ports.setdefault(name, DEFAULT_PORTS[name] if fixed_ports else free_port())
+        self.http_port = self.http_port or (8080 if fixed_ports else free_port())
         for kind, default in (("grpc", 8001), ("http", 8000), ("metrics", 8002)):
             self.triton_ports.setdefault(kind, default if fixed_ports else free_port())
         try:
@@ -180,11 +185,33 @@ class Stack:
                 wait_healthy(self.addr(name), timeout, self.procs[name], name)
             self._spawn("gateway", ["-m", "services.gateway"], self._env("gateway"))
             wait_healthy(self.gateway_addr, timeout, self.procs["gateway"], "gateway")
+            self._spawn("httpapi", ["-m", "services.httpapi"], self._env("httpapi"))
+            self._wait_http(timeout)
         except BaseException:
             self.stop()
             raise
         self.save()
         return self
+
+    @property
+    def http_url(self) -> str:
+        """The OpenAI-style HTTP API (services/httpapi)."""
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def _wait_http(self, timeout: float) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.procs["httpapi"].poll() is not None:
+                raise RuntimeError(f"the HTTP API exited; see {self.run_dir}/logs/httpapi.log")
+            try:
+                with urllib.request.urlopen(self.http_url + "/healthz", timeout=1) as r:  # noqa: S310 - local URL
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError("the HTTP API did not answer /healthz")
 
     def _wait_triton(self, proc: subprocess.Popen, timeout: float) -> None:
         import urllib.request
@@ -208,6 +235,7 @@ class Stack:
 
     def save(self) -> None:
         state = {"ports": self.ports, "metrics_ports": self.metrics_ports, "triton_ports": self.triton_ports,
+                 "http_port": self.http_port,
                  "pids": {n: p.pid for n, p in self.procs.items()}}
         (self.run_dir / "stack.json").write_text(json.dumps(state, indent=2))
 
