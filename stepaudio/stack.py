@@ -100,7 +100,8 @@ class Stack:
             env.setdefault(prefix + "ENABLE_DIAGNOSTIC_TOOLS", "true")  # the local stack exercises slow tools
         if name == "httpapi":
             env.update({prefix + "PORT": str(self.http_port), prefix + "HOST": "127.0.0.1",
-                        prefix + "TOKENIZER_ADDR": self.addr("tokenizer"), prefix + "TTS_ADDR": self.addr("tts")})
+                        prefix + "TOKENIZER_ADDR": self.addr("tokenizer"), prefix + "TTS_ADDR": self.addr("tts"),
+                        prefix + "GATEWAY_ADDR": self.gateway_addr})
         if name == "gateway":
             for peer in ("vad", "tokenizer", "llm", "tools", "tts"):
                 env[f"{prefix}{peer.upper()}_ADDR"] = self.addr(peer)

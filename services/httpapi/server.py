@@ -102,6 +102,11 @@ def build_app(settings: HttpApiSettings, api: Api | None = None) -> web.Applicat
         await response.write_eof()
         return response
 
+    async def realtime_ws(request: web.Request) -> web.StreamResponse:
+        from services.httpapi.realtime import handle
+
+        return await handle(request, settings)
+
     async def openapi(_: web.Request) -> web.Response:
         return web.json_response(document(settings.max_speech_chars))
 
@@ -115,6 +120,7 @@ def build_app(settings: HttpApiSettings, api: Api | None = None) -> web.Applicat
     app.router.add_get("/v1/models/{model}", authed(model))
     app.router.add_post("/v1/audio/transcriptions", authed(transcriptions))
     app.router.add_post("/v1/audio/speech", authed(speech))
+    app.router.add_get("/v1/realtime", authed(realtime_ws))
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/healthz", healthz)
     app.on_cleanup.append(on_cleanup)
