@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -16,6 +17,7 @@ from services.httpapi.openapi import document
 from services.httpapi.settings import HttpApiSettings
 
 log = structlog.get_logger("stepaudio.httpapi")
+STATIC = Path(__file__).resolve().parent / "static"  # the browser page (microphone -> /v1/realtime)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -110,6 +112,9 @@ def build_app(settings: HttpApiSettings, api: Api | None = None) -> web.Applicat
     async def openapi(_: web.Request) -> web.Response:
         return web.json_response(document(settings.max_speech_chars))
 
+    async def index(_: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "index.html")
+
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -123,5 +128,7 @@ def build_app(settings: HttpApiSettings, api: Api | None = None) -> web.Applicat
     app.router.add_get("/v1/realtime", authed(realtime_ws))
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/", index)
+    app.router.add_static("/static/", STATIC, show_index=False, follow_symlinks=False)
     app.on_cleanup.append(on_cleanup)
     return app
