@@ -498,7 +498,8 @@ class StreamingDualTokenizer:
     """Per-session incremental tokenizer: ``feed(pcm) -> new X tokens``; ``finish() -> remaining X tokens``;
     ``final_tokens()`` -> the final pass over the whole utterance.
 
-    Linguistic codes come from the session's :class:`LinguisticStream` (exactly the codes an offline pass gives).
+    Linguistic codes come from the session's :class:`LinguisticStream` (the codes an offline pass of the same,
+    un-normalised audio gives; the final pass normalises the whole utterance first, as the reference does).
     Semantic codes are provisional: ``block_s`` blocks of un-normalised audio (a multiple of 0.12 s, whole groups).
     """
 

@@ -474,7 +474,8 @@ class Session:
     def judge_turn(self, policy: EndOfTurnModel, pause_at_ms: float) -> None:
         """Ask the end-of-turn model about the utterance up to this pause; the verdict reaches the policy, which
         the next VAD update consults (audio keeps arriving, so within a frame)."""
-        audio = self.buffer.since(self.utterance_start_ms)
+        # The model looks at the last 8 s only: send no more than that (plus a little) however long the utterance.
+        audio = self.buffer.since(max(self.utterance_start_ms, self.input.ms - 8500))
 
         async def judge() -> None:
             t0 = now()

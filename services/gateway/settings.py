@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.kit.settings import ServiceSettings
@@ -121,3 +121,9 @@ class GatewaySettings(ServiceSettings):
                                 "to speak, the VAD after audio, in seconds.")
     dependency_check_s: float = Field(
         2.0, gt=0, description="How often the gateway checks its stages' health (NOT_SERVING while one is down).")
+
+    @model_validator(mode="after")
+    def _turn_policy_has_a_model(self) -> "GatewaySettings":
+        if self.turn_policy == "end_of_turn_model" and self.end_of_turn_model == "off":
+            raise ValueError("turn_policy=end_of_turn_model needs end_of_turn_model (it is off)")
+        return self

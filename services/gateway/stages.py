@@ -115,8 +115,8 @@ class GrpcStages(Stages):
             except (FileNotFoundError, ImportError) as e:
                 if settings.turn_policy == "end_of_turn_model":
                     raise  # the default policy needs it: refuse to start without it
-                log.warning("end-of-turn model unavailable; sessions asking for it get FAILED_PRECONDITION",
-                            error=str(e))
+                log.warning("end-of-turn model unavailable; sessions asking for it get one FAILED_PRECONDITION "
+                            "error event and the silence timer", error=str(e))
 
     async def end_of_turn(self, pcm16: bytes, rate: int) -> float:
         if self._eot is None:

@@ -125,7 +125,12 @@ class EndOfTurnModel:
     threshold: float = 0.5
     verdicts: dict[float, float] = field(default_factory=dict)  # pause offset -> P(complete)
 
+    latest_pause_ms: float = -1.0
+
     def judge(self, pause_at_ms: float, probability: float) -> None:
+        if pause_at_ms < self.latest_pause_ms:
+            return  # a verdict that arrives after a newer pause's is stale
+        self.latest_pause_ms = pause_at_ms
         self.verdicts = {pause_at_ms: probability}  # only the latest pause matters
 
     def endpoint_reached(self, pause_at_ms: float, last_voice_ms: float, processed_ms: float) -> bool:

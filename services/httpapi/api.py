@@ -3,6 +3,7 @@ tokenizer's Transcribe and the TTS's Synthesize; stage failures mapped onto Open
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import time
@@ -13,11 +14,11 @@ from typing import Any
 import grpc
 import numpy as np
 
-from services.httpapi.audio_io import decode_wav
 from services.httpapi.settings import HttpApiSettings
 from services.kit.audio import float_to_pcm16
 from services.kit.clients import channel
 from services.kit.errors import InvalidArgument, NotFound, StageError
+from services.kit.wavio import decode_wav
 from stepaudio.common.v1 import audio_pb2
 from stepaudio.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 from stepaudio.tts.v1 import tts_pb2, tts_pb2_grpc
@@ -124,14 +125,11 @@ class Api:
                            f"{', '.join(TRANSCRIPT_FORMATS)}", param="response_format")
         if len(file) > self.s.max_upload_bytes:
             raise ApiError(413, f"the file is {len(file)} bytes; the limit is {self.s.max_upload_bytes}", param="file")
-        try:
-            audio, rate = decode_wav(file)
+        try:  # off the event loop: a long file must not stall the other requests
+            audio, rate = await asyncio.to_thread(decode_wav, file, self.s.max_audio_s)
         except InvalidArgument as e:
             raise ApiError(400, e.message, param="file", code="unsupported_format") from None
         seconds = audio.size / rate
-        if seconds > self.s.max_audio_s:
-            raise ApiError(400, f"the audio is {seconds:.0f} s long; the limit is {self.s.max_audio_s:g} s",
-                           param="file")
         text = await self._transcribe(audio, rate, language)
         if response_format == "text":
             return text, seconds

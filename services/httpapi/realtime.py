@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -60,7 +61,11 @@ def session_config(session: dict[str, Any]) -> pb.SessionConfig:
         if session.get(key, "pcm16") != "pcm16":
             raise ClientError("invalid_value", f"{key} must be pcm16 (24 kHz mono)", f"session.{key}")
     cfg = pb.SessionConfig(input_format=audio_pb2.AudioFormat(sample_rate_hz=RATE),
-                           output_format=audio_pb2.AudioFormat(sample_rate_hz=RATE), allowed_tools=["*"])
+                           output_format=audio_pb2.AudioFormat(sample_rate_hz=RATE))
+    tools = session.get("tools", [])  # names of the platform's server-side tools the model may call; none by default
+    if not isinstance(tools, list) or not all(isinstance(t, (str, dict)) for t in tools):
+        raise ClientError("invalid_value", "tools must be a list of tool names (or {name: ...} objects)", "tools")
+    cfg.allowed_tools.extend(t if isinstance(t, str) else str(t.get("name", "")) for t in tools)
     instructions, voice = session.get("instructions", ""), session.get("voice", "")
     if not isinstance(instructions, str) or not isinstance(voice, str):
         raise ClientError("invalid_value", "instructions and voice must be strings", "session")
@@ -134,6 +139,7 @@ class RealtimeBridge:
         self.ws = ws
         self.requests: asyncio.Queue[pb.ConverseRequest | None] = asyncio.Queue(maxsize=256)
         self.started = False
+        self.closed = False  # the Converse stream ended: nothing more is queued
 
     async def send(self, event: dict[str, Any]) -> None:
         event.setdefault("event_id", _id("event"))
@@ -144,13 +150,18 @@ class RealtimeBridge:
         await self.send({"type": "error", "error": {"type": "invalid_request_error", "code": e.code,
                                                     "message": e.message, "param": e.param}})
 
+    async def put(self, request: pb.ConverseRequest) -> None:
+        if self.closed:
+            raise ClientError("session_closed", "the conversation has ended; open a new socket")
+        await self.requests.put(request)
+
     async def _requests(self) -> AsyncIterator[pb.ConverseRequest]:
         while (r := await self.requests.get()) is not None:
             yield r
 
     async def start(self, cfg: pb.SessionConfig) -> None:
         self.started = True
-        await self.requests.put(pb.ConverseRequest(config=cfg))
+        await self.put(pb.ConverseRequest(config=cfg))
 
     async def on_client_event(self, event: Any) -> None:
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
@@ -173,7 +184,7 @@ class RealtimeBridge:
             if not data or len(data) % 2:
                 raise ClientError("invalid_audio", "audio must hold whole PCM16 samples (an even number of bytes)",
                                   "audio")
-            await self.requests.put(pb.ConverseRequest(audio=audio_pb2.AudioChunk(data=data)))
+            await self.put(pb.ConverseRequest(audio=audio_pb2.AudioChunk(data=data)))
         elif kind == "input_audio_buffer.commit":
             await self.send({"type": "input_audio_buffer.committed"})  # server VAD decides the turn
         elif kind == "conversation.item.create":
@@ -182,11 +193,11 @@ class RealtimeBridge:
             text = " ".join(p.get("text", "") for p in parts if isinstance(p, dict) and p.get("type") == "input_text")
             if not text.strip():
                 raise ClientError("invalid_item", "only user messages with input_text content are taken", "item")
-            await self.requests.put(pb.ConverseRequest(text=pb.TextInput(text=text)))
+            await self.put(pb.ConverseRequest(text=pb.TextInput(text=text)))
         elif kind == "response.create":
             return  # every user turn is answered
         elif kind == "response.cancel":
-            await self.requests.put(pb.ConverseRequest(interrupt=pb.Interrupt()))
+            await self.put(pb.ConverseRequest(interrupt=pb.Interrupt()))
         else:
             raise ClientError("unknown_event", f"unknown event type {kind!r}")
 
@@ -205,7 +216,10 @@ class RealtimeBridge:
                 await self.send({"type": "error", "error": {"type": "server_error", "code": e.code().name.lower(),
                                                             "message": e.details() or e.code().name}})
             finally:
+                self.closed = True
                 call.cancel()
+                while not self.requests.empty():  # a client blocked on a full queue goes on (and gets an error)
+                    self.requests.get_nowait()
                 await self.ws.close()
 
         try:
@@ -222,7 +236,8 @@ class RealtimeBridge:
                 if self.started and reader is None:
                     reader = asyncio.create_task(pump())
         finally:
-            await self.requests.put(None)  # half-close: the gateway finishes the turn, then the stream ends
+            with contextlib.suppress(asyncio.QueueFull):
+                self.requests.put_nowait(None)  # half-close: the gateway finishes the turn, then the stream ends
             if reader is not None:
                 try:
                     await asyncio.wait_for(reader, 30)
@@ -231,7 +246,19 @@ class RealtimeBridge:
             await ch.close()
 
 
-async def handle(request: web.Request, settings: HttpApiSettings) -> web.WebSocketResponse:
+def origin_allowed(request: web.Request, settings: HttpApiSettings) -> bool:
+    """Browsers send Origin: only the page's own origin, or one listed in allowed_origins, may open a session (a
+    page elsewhere must not talk to a local stack through the user's browser). Non-browser clients send none."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    allowed = {o.strip() for o in settings.allowed_origins.split(",") if o.strip()}
+    return origin in allowed or origin.split("://", 1)[-1] == request.host
+
+
+async def handle(request: web.Request, settings: HttpApiSettings) -> web.StreamResponse:
+    if not origin_allowed(request, settings):
+        raise web.HTTPForbidden(reason=f"origin {request.headers.get('Origin')} may not open a realtime session")
     ws = web.WebSocketResponse(max_msg_size=MAX_EVENT_BYTES, heartbeat=20)
     await ws.prepare(request)
     await RealtimeBridge(settings, ws).run()

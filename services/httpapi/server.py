@@ -12,11 +12,13 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from services.httpapi.api import SPEECH_FORMATS, Api, ApiError
-from services.httpapi.audio_io import wav_header
 from services.httpapi.openapi import document
 from services.httpapi.settings import HttpApiSettings
+from services.kit.wavio import wav_header
 
 log = structlog.get_logger("stepaudio.httpapi")
+FORM_FIELDS = ("model", "language", "prompt", "response_format", "temperature")
+FIELD_LIMIT = 4096  # bytes of one form field other than the file
 STATIC = Path(__file__).resolve().parent / "static"  # the browser page (microphone -> /v1/realtime)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -73,9 +75,19 @@ def build_app(settings: HttpApiSettings, api: Api | None = None) -> web.Applicat
                 if not isinstance(part, BodyPartReader) or not part.name:
                     continue
                 if part.name == "file":
+                    if file is not None:
+                        raise ApiError(400, "send one 'file' part", param="file")
                     file = bytes(await part.read(decode=False))
+                elif part.name in FORM_FIELDS and part.name not in fields:
+                    raw = bytearray()
+                    while chunk := await part.read_chunk(FIELD_LIMIT):
+                        raw += chunk
+                        if len(raw) > FIELD_LIMIT:
+                            raise ApiError(400, f"form field {part.name!r} is longer than {FIELD_LIMIT} bytes",
+                                           param=part.name)
+                    fields[part.name] = raw.decode("utf-8", errors="replace")
                 else:
-                    fields[part.name] = await part.text()
+                    await part.release()  # unknown (or repeated) parts are read past, never kept
         except (ValueError, AssertionError, HttpProcessingError) as e:
             raise ApiError(400, f"malformed multipart body: {e}") from None
         body, seconds = await api.transcribe(file, str(fields.get("model", "")), str(fields.get("language", "")),
@@ -93,14 +105,23 @@ def build_app(settings: HttpApiSettings, api: Api | None = None) -> web.Applicat
         tts_request, fmt = api.speech_request(body)
         chunks = api.speech(tts_request)
         first = await anext(chunks, None)  # errors before any audio become a clean error response
+        if first is None:
+            raise ApiError(502, "speech: the TTS returned no audio for this text")
         response = web.StreamResponse(headers={"Content-Type": SPEECH_FORMATS[fmt]})
         await response.prepare(request)
-        if first is not None:
-            if fmt == "wav":
-                await response.write(wav_header(first[1]))
-            await response.write(first[0])
+        if fmt == "wav":
+            await response.write(wav_header(first[1]))
+        await response.write(first[0])
+        try:
             async for pcm, _rate in chunks:
                 await response.write(pcm)
+        except ApiError as e:
+            # The status line is gone: end the connection without the last chunk, so the client sees a cut stream
+            # (never a second response inside the body).
+            log.warning("speech failed mid-stream", error=e.message)
+            if request.transport is not None:
+                request.transport.close()
+            return response
         await response.write_eof()
         return response
 

@@ -16,6 +16,8 @@ class HttpApiSettings(ServiceSettings):
     tts_addr: str = Field("127.0.0.1:50056", description="TTS service host:port.")
     gateway_addr: str = Field("127.0.0.1:50051", description="Gateway host:port (the realtime WebSocket).")
     gateway_token: str = Field("", description="Credential the realtime WebSocket presents to the gateway.")
+    allowed_origins: str = Field("", description="Comma-separated browser origins (https://app.example) allowed to "
+                                                 "open the realtime WebSocket besides the page's own.")
     default_voice: str = Field("", description="TTS voice for OpenAI voice names (alloy, nova, ...); empty: the "
                                                "TTS service's default.")
     max_upload_bytes: int = Field(25 * 1024 * 1024, gt=0, description="Largest audio file a transcription takes "

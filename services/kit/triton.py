@@ -233,14 +233,17 @@ class TritonPool:
             raise _EndpointDown(msg)
         raise StageError(f"model {model!r} failed: {msg}")
 
-    async def ready(self, model: str) -> bool:
-        """True when ``model`` is ready on at least one endpoint (one quiet pass; never raises)."""
+    async def ready(self, model: str, reset_on_error: bool = True, timeout_s: float = 2.0) -> bool:
+        """True when ``model`` is ready on at least one endpoint (one quiet pass; never raises). Periodic health
+        checks pass ``reset_on_error=False``: a slow answer from a busy Triton must not close the channel that the
+        streams in flight share."""
         for ep in self.endpoints:
             try:
-                if await asyncio.wait_for(ep.client.is_model_ready(model), 2.0):
+                if await asyncio.wait_for(ep.client.is_model_ready(model), timeout_s):
                     return True
             except Exception as e:  # noqa: BLE001
-                await ep.reset()
+                if reset_on_error:
+                    await ep.reset()
                 ep.last_error = str(e)
         return False
 

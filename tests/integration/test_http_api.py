@@ -166,3 +166,15 @@ def test_the_local_stack_serves_the_http_api(stack: Stack) -> None:
         r = httpx.post(stack.http_url + "/v1/audio/transcriptions", files={"file": ("q.wav", f)},
                        data={"model": "whisper-1"}, timeout=60)
     assert r.status_code == 200 and says(r.json()["text"], (DATA / "question.txt").read_text().strip())
+
+
+def test_form_fields_are_bounded_and_unknown_parts_dropped(http: HttpServer) -> None:
+    auth = {"Authorization": f"Bearer {KEY}"}
+    with open(DATA / "question.wav", "rb") as f:
+        wav = f.read()
+    r = httpx.post(http.url + "/v1/audio/transcriptions", headers=auth, timeout=60,
+                   files={"file": ("q.wav", wav)}, data={"model": "whisper-1", "prompt": "x" * 5000})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+    r = httpx.post(http.url + "/v1/audio/transcriptions", headers=auth, timeout=60,
+                   files={"file": ("q.wav", wav), "junk": ("j.bin", b"\0" * 3_000_000)}, data={"model": "whisper-1"})
+    assert r.status_code == 200 and r.json()["text"]  # read past, never kept

@@ -85,3 +85,14 @@ async def test_cancel_a_reply_and_bad_events(ws_url: str) -> None:
         await ws.send_json({"type": "response.cancel"})
         done = (await events_until(ws, "response.done"))[-1]["response"]
     assert done["status"] == "cancelled"
+
+
+async def test_a_foreign_web_page_cannot_open_a_session(ws_url: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await http.ws_connect(ws_url, headers={"Origin": "https://evil.example"})
+        assert err.value.status == 403
+        host = ws_url.split("//", 1)[1].split("/", 1)[0]
+        async with http.ws_connect(ws_url, headers={"Origin": f"http://{host}"}) as ws:  # the page's own origin
+            await ws.send_json({"type": "session.update", "session": {}})
+            assert (await events_until(ws, "session.updated"))[-1]["type"] == "session.updated"

@@ -130,3 +130,10 @@ def test_end_of_turn_verdict_belongs_to_its_pause() -> None:
     det2.on_vad(VadUpdate([], [(False, 2000)], 2000, FRAME), False)
     policy2.judge(1000, 0.99)
     assert det2.on_vad(VadUpdate([], [], 2100, FRAME), False) == []
+
+
+def test_a_stale_verdict_does_not_replace_a_newer_one() -> None:
+    det, policy = _eot_detector(None)
+    policy.judge(2000, 0.95)
+    policy.judge(1000, 0.05)  # the verdict of an earlier pause arrives late
+    assert policy.verdicts == {2000: 0.95}

@@ -244,6 +244,9 @@ class StepAudioTts(TtsBackend):
 
         if self.triton is not None:
             budget = min(self.opts.max_new_tokens, self.opts.max_length - len(plan.input_ids))
+            if budget <= 0:
+                nothing: list[int] = []
+                return (t for t in nothing)  # no room left: nothing to sample (as in process)
             return self.triton.tokens(plan.input_ids, budget, seed)
 
         return self.lm.generate_stream(  # type: ignore[return-value]  # a generator function
@@ -382,7 +385,7 @@ class _TritonTokens:
 
     def ready(self, wait_s: float) -> bool:
         coro = self.pool.warmup(self.opts.triton_model, wait_s) if wait_s > 0 else self.pool.ready(
-            self.opts.triton_model)
+            self.opts.triton_model, reset_on_error=False, timeout_s=5.0)
         return bool(asyncio.run_coroutine_threadsafe(coro, self.loop).result(wait_s + 10))
 
     def tokens(self, prompt_ids: list[int], max_tokens: int, seed: int) -> Generator[int, None, None]:

@@ -200,7 +200,7 @@ class TritonPythonModel:
     # ------------------------------------------------------------------ requests
 
     async def execute(self, requests: list[Any]) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         for request in requests:
             task = loop.create_task(self._serve(request))
             self._tasks.add(task)
@@ -219,7 +219,10 @@ class TritonPythonModel:
         bad_id = next((i for i in ids if not 0 <= i < self.vocab), None)
         if bad_id is not None:
             raise ValueError(f"prompt id {bad_id} is outside the vocabulary 0..{self.vocab - 1}")
-        max_tokens = int(_scalar(request, "max_tokens") or 0) or self.default_max_tokens
+        max_tokens = int(_scalar(request, "max_tokens") or 0)
+        if max_tokens < 0:
+            raise ValueError(f"max_tokens={max_tokens} must be >= 0 (0: the model's default)")
+        max_tokens = max_tokens or self.default_max_tokens
         if max_tokens > self.max_max_tokens:
             raise ValueError(f"max_tokens={max_tokens} is above this model's limit {self.max_max_tokens}")
         if len(ids) + max_tokens > self.model.config.max_seq_len:
@@ -348,18 +351,27 @@ class TritonPythonModel:
                 return
             text = "" if job.stream else "".join(job.text)
             ids = [] if job.stream else job.out_ids
+            response = self._response(text, ids, self._final(request, job))  # built before FINAL is promised
             final_sent = True
-            sender.send(self._response(text, ids, self._final(request, job)), flags=FINAL)
-        except Exception as e:  # noqa: BLE001  (any failure must still end the stream)
+            sender.send(response, flags=FINAL)
+        except BaseException as e:  # noqa: BLE001  (any failure, cancellation included, must still end the stream)
             if not final_sent:
-                code = pb_utils.TritonError.INVALID_ARG if isinstance(e, ValueError) else pb_utils.TritonError.INTERNAL
+                if isinstance(e, asyncio.CancelledError):
+                    code, msg = pb_utils.TritonError.CANCELLED, "the model is unloading"
+                else:
+                    code = (pb_utils.TritonError.INVALID_ARG if isinstance(e, ValueError)
+                            else pb_utils.TritonError.INTERNAL)
+                    msg = str(e)
                 try:
-                    sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {e}", code)),
+                    sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {msg}", code)),
                                 flags=FINAL)
                 except Exception as send_error:  # noqa: BLE001
                     self.logger.log_error(f"{self.name}: could not send error response: {send_error}")
+            if isinstance(e, asyncio.CancelledError):
+                raise
 
     def finalize(self) -> None:
-        self._closing.set()
-        for task in list(self._tasks):
-            task.cancel()
+        self._closing.set()  # worker threads stop at their next token
+        loop = getattr(self, "_loop", None)
+        if loop is not None and not loop.is_closed():  # tasks belong to the loop's thread: cancel them there
+            loop.call_soon_threadsafe(lambda: [t.cancel() for t in list(self._tasks)])

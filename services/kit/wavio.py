@@ -1,5 +1,5 @@
-"""Audio files in and out of the HTTP API: WAV (PCM16/PCM24/PCM32/float, any rate, any channels) in; WAV or raw
-PCM16 out."""
+"""WAV files in and out of the HTTP and Riva-compatible APIs: WAV (PCM16/PCM24/PCM32/float, any rate, any
+channels) in; WAV or raw PCM16 out."""
 
 from __future__ import annotations
 
@@ -15,17 +15,22 @@ from services.kit.errors import InvalidArgument
 FORMATS_HINT = "send a WAV file (PCM 16/24/32-bit or 32-bit float, any sample rate, mono or stereo)"
 
 
-def decode_wav(data: bytes) -> tuple[np.ndarray, int]:
-    """Mono float32 samples at a rate the platform takes (resampled to 16 kHz when the file's rate is another)."""
+def decode_wav(data: bytes, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Mono float32 samples at a rate the platform takes (resampled to 16 kHz when the file's rate is another).
+    ``max_seconds``: longer audio is refused from the header, before any sample is decoded."""
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         kind = "MP3" if data[:3] == b"ID3" or data[:2] in (b"\xff\xfb", b"\xff\xf3") else (
             "FLAC" if data[:4] == b"fLaC" else "Ogg" if data[:4] == b"OggS" else "this")
         raise InvalidArgument(f"{kind} format is not supported: {FORMATS_HINT}")
     fmt_tag, channels, rate, bits, payload = _parse_wav(data)
-    if channels < 1 or rate < 1000 or rate > 192000:
+    if channels < 1 or channels > 32 or rate < 4000 or rate > 192000:
         raise InvalidArgument(f"WAV header says {channels} channels at {rate} Hz: {FORMATS_HINT}")
     frame = channels * bits // 8
-    payload = payload[: len(payload) // frame * frame] if frame else b""
+    if not frame:
+        raise InvalidArgument(f"WAV header says {bits}-bit samples: {FORMATS_HINT}")
+    payload = payload[: len(payload) // frame * frame]
+    if max_seconds is not None and len(payload) / frame / rate > max_seconds:
+        raise InvalidArgument(f"the audio is {len(payload) / frame / rate:.0f} s long; the limit is {max_seconds:g} s")
     if fmt_tag == 3 and bits == 32:
         x = np.frombuffer(payload, "<f4").astype(np.float32)
     elif fmt_tag == 1 and bits == 16:

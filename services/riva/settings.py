@@ -1,0 +1,20 @@
+"""Riva-compatible service settings (env prefix ``STEPAUDIO_RIVA_``)."""
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.kit.settings import ServiceSettings
+
+
+class RivaSettings(ServiceSettings):
+    """Settings of the Riva-compatible service."""
+
+    model_config = SettingsConfigDict(env_prefix="STEPAUDIO_RIVA_", extra="ignore")
+
+    port: int = Field(50060, description="gRPC port (Riva's own default is 50051, the gateway's here).")
+    tokenizer_addr: str = Field("127.0.0.1:50053", description="Tokenizer service (ASR) host:port.")
+    tts_addr: str = Field("127.0.0.1:50056", description="TTS service host:port.")
+    stage_token: str = Field("", description="Credential presented to the stages.")
+    max_audio_s: float = Field(600.0, gt=0, description="Longest audio one recognition takes, in seconds.")
+    max_text_chars: int = Field(5000, gt=0, description="Longest text one synthesis takes.")
+    request_timeout_s: float = Field(120.0, gt=0, description="Deadline of each call to a stage.")

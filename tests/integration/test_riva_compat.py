@@ -1,0 +1,107 @@
+"""The Riva-compatible service on the real stages of the ``stack`` fixture, driven by the unmodified
+nvidia-riva-client package the way its transcribe_file.py and talk.py scripts drive a Riva server."""
+
+from __future__ import annotations
+
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from speech_match import says
+
+from services.riva.__main__ import build
+from services.riva.settings import RivaSettings
+from stepaudio.stack import Stack
+
+DATA = Path(__file__).parents[1] / "data"
+QUESTION = (DATA / "question.txt").read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def riva_addr(stack: Stack) -> Iterator[str]:
+    import asyncio
+    import threading
+
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    server = build(RivaSettings(host="127.0.0.1", port=0, tokenizer_addr=stack.addr("tokenizer"),
+                                tts_addr=stack.addr("tts"), log_json=False, log_level="WARNING"))
+    port = asyncio.run_coroutine_threadsafe(server.start(), loop).result(60)
+    yield f"127.0.0.1:{port}"
+    asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(30)
+    loop.call_soon_threadsafe(loop.stop)
+
+
+def _config(riva, path: Path):  # noqa: ANN001, ANN202 - as transcribe_file.py builds it
+    config = riva.client.RecognitionConfig(language_code="en-US", max_alternatives=1,
+                                           enable_automatic_punctuation=True)
+    riva.client.add_audio_file_specs_to_config(config, str(path))
+    return config
+
+
+def test_offline_recognize_a_wav_file(riva_addr: str) -> None:
+    import riva.client
+
+    asr = riva.client.ASRService(riva.client.Auth(uri=riva_addr))
+    path = DATA / "question.wav"
+    response = asr.offline_recognize(path.read_bytes(), _config(riva, path))  # the whole file, header included
+    assert says(response.results[0].alternatives[0].transcript, QUESTION), response
+
+
+def test_streaming_recognize_with_interim_results(riva_addr: str) -> None:
+    import riva.client
+
+    asr = riva.client.ASRService(riva.client.Auth(uri=riva_addr))
+    path = DATA / "question.wav"
+    streaming = riva.client.StreamingRecognitionConfig(config=_config(riva, path), interim_results=True)
+    finals, interim = [], []
+    with riva.client.AudioChunkFileIterator(str(path), 1600, delay_callback=None) as chunks:
+        for response in asr.streaming_response_generator(audio_chunks=chunks, streaming_config=streaming):
+            for r in response.results:
+                (finals if r.is_final else interim).append(r.alternatives[0].transcript)
+    assert len(finals) == 1 and says(finals[0], QUESTION), (finals, interim)
+
+
+def test_synthesize_and_synthesize_online(riva_addr: str, tmp_path: Path) -> None:
+    import riva.client
+
+    tts = riva.client.SpeechSynthesisService(riva.client.Auth(uri=riva_addr))
+    whole = tts.synthesize("Hello from the platform.", voice_name=None, language_code="en-US",
+                           sample_rate_hz=22050)
+    assert len(whole.audio) / 2 / 22050 > 0.5
+    pieces = [r.audio for r in tts.synthesize_online("Hello from the platform. This is the second sentence.",
+                                                     language_code="en-US", sample_rate_hz=16000)]
+    assert len(pieces) >= 2 and sum(map(len, pieces)) / 2 / 16000 > 1.5
+    out = tmp_path / "talk.wav"  # what talk.py writes
+    with wave.open(str(out), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(b"".join(pieces))
+    assert out.stat().st_size > 44
+
+
+def test_configs_and_clear_errors(riva_addr: str) -> None:
+    import riva.client
+    from riva.client.proto import riva_asr_pb2, riva_asr_pb2_grpc, riva_tts_pb2, riva_tts_pb2_grpc
+
+    with grpc.insecure_channel(riva_addr) as ch:
+        asr_cfg = riva_asr_pb2_grpc.RivaSpeechRecognitionStub(ch).GetRivaSpeechRecognitionConfig(
+            riva_asr_pb2.RivaSpeechRecognitionConfigRequest())
+        assert asr_cfg.model_config[0].parameters["language_code"] == "en-US"
+        tts_cfg = riva_tts_pb2_grpc.RivaSpeechSynthesisStub(ch).GetRivaSynthesisConfig(
+            riva_tts_pb2.RivaSynthesisConfigRequest())
+        assert any(c.parameters["voice_name"] == "joe" for c in tts_cfg.model_config)
+    asr = riva.client.ASRService(riva.client.Auth(uri=riva_addr))
+    bad = riva.client.RecognitionConfig(encoding=riva.client.AudioEncoding.FLAC, sample_rate_hertz=16000,
+                                        language_code="en-US")
+    with pytest.raises(grpc.RpcError) as err:
+        asr.offline_recognize(b"fLaC" + b"\0" * 100, bad)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "LINEAR_PCM" in err.value.details()
+    fr = riva.client.RecognitionConfig(encoding=riva.client.AudioEncoding.LINEAR_PCM, sample_rate_hertz=16000,
+                                       language_code="fr-FR")
+    with pytest.raises(grpc.RpcError) as err:
+        asr.offline_recognize(b"\0\0" * 1600, fr)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "en-US" in err.value.details()
