@@ -74,9 +74,57 @@ def _gateway_addr(args: argparse.Namespace) -> str:
     return "127.0.0.1:50051"
 
 
+def cmd_chat_mic(args: argparse.Namespace) -> int:
+    """Talk through the microphone (sounddevice/PortAudio); replies play on the default output; Ctrl-C ends."""
+    try:
+        import sounddevice as sd
+    except (ImportError, OSError) as e:
+        print(f"--mic needs the sounddevice package and PortAudio ({e}): pip install sounddevice", file=sys.stderr)
+        return 2
+    try:
+        sd.check_input_settings(samplerate=16000, channels=1, dtype="int16")
+    except Exception as e:  # noqa: BLE001 - no microphone here
+        print(f"no usable microphone: {e}", file=sys.stderr)
+        return 2
+    from stepaudio.client import AudioEvent, Conversation, ErrorEvent, TranscriptEvent, TurnDone, session_config
+
+    async def talk() -> None:
+        import grpc
+
+        loop = asyncio.get_running_loop()
+        async with grpc.aio.insecure_channel(_gateway_addr(args)) as ch:
+            conv = Conversation(ch, session_config(16000, voice=args.voice,
+                                                   allowed_tools=args.tools.split(",") if args.tools else ["*"]))
+            out = sd.RawOutputStream(samplerate=22050, channels=1, dtype="int16")
+            out.start()
+
+            def on_mic(data: bytes, frames: int, t: object, status: object) -> None:
+                loop.call_soon_threadsafe(conv.send_audio, bytes(data))
+
+            with sd.RawInputStream(samplerate=16000, channels=1, dtype="int16", blocksize=320, callback=on_mic):
+                print("listening (Ctrl-C to stop)")
+                async for ev in conv.events():
+                    if isinstance(ev, TranscriptEvent) and ev.final:
+                        print(f"you: {ev.text}")
+                    elif isinstance(ev, AudioEvent):
+                        await asyncio.to_thread(out.write, ev.pcm)
+                    elif isinstance(ev, TurnDone):
+                        print(f"bot: {ev.reply_text}  ({ev.timings.get('time_to_first_audio', 0):.0f} ms)")
+                    elif isinstance(ev, ErrorEvent):
+                        print(f"error {ev.code}: {ev.message}", file=sys.stderr)
+
+    try:
+        asyncio.run(talk())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     from stepaudio.client import converse_file
 
+    if args.mic:
+        return cmd_chat_mic(args)
     if args.synthetic:
         args.wav = str(REPO_ROOT / "tests" / "data" / "question.wav")
     if not args.wav:
@@ -149,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tools", default="", help="comma-separated tools the model may call (default: all)")
     p.add_argument("--realtime", action="store_true", help="stream at real-time pace (as a microphone would)")
     p.add_argument("--synthetic", action="store_true", help="use the bundled question (helm test)")
+    p.add_argument("--mic", action="store_true", help="talk through the microphone (needs sounddevice)")
     p.set_defaults(fn=cmd_chat)
 
     p = sub.add_parser("demo", help="start everything, ask the bundled question, print and save the answer")

@@ -3,6 +3,14 @@
     result = asyncio.run(converse_file("127.0.0.1:50051", "question.wav"))
     print(result.transcript, result.reply_text, result.timings)
 
+    async for event in conv.events():          # typed events as they arrive (Transcript, Audio, TurnDone, ...)
+        ...
+    conv = await conv.resume(new_channel)      # after a dropped connection: same session, history kept
+
+    with SyncConversation("127.0.0.1:50051", session_config(16000)) as conv:   # no asyncio needed
+        conv.send_text("What is the capital of France?")
+        turn = conv.wait_turn()
+
 Only grpcio and the generated ``stepaudio.*.v1`` code are needed (no server dependencies).
 """
 
@@ -11,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 import wave
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,10 +111,98 @@ def session_config(rate: int = 16000, **kwargs: object) -> pb.SessionConfig:
     return cfg
 
 
+@dataclass(frozen=True)
+class SpeechStarted:
+    offset_ms: int
+
+
+@dataclass(frozen=True)
+class SpeechStopped:
+    offset_ms: int
+
+
+@dataclass(frozen=True)
+class TranscriptEvent:
+    turn_id: str
+    text: str
+    final: bool
+
+
+@dataclass(frozen=True)
+class ReplyText:
+    turn_id: str
+    delta: str
+
+
+@dataclass(frozen=True)
+class AudioEvent:
+    turn_id: str
+    pcm: bytes
+    offset_ms: int
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    turn_id: str
+    name: str
+    arguments_json: str
+    result_json: str | None  # None: started, not finished yet
+
+
+@dataclass(frozen=True)
+class TurnDone:
+    turn_id: str
+    outcome: str  # TURN_OUTCOME_COMPLETED | _INTERRUPTED | _FAILED
+    user_text: str
+    reply_text: str
+    timings: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    code: str
+    message: str
+    turn_id: str
+
+
+Event = SpeechStarted | SpeechStopped | TranscriptEvent | ReplyText | AudioEvent | ToolCall | TurnDone | ErrorEvent
+
+
+def typed(ev: pb.ConverseResponse) -> Event | None:
+    """The typed form of one ConverseResponse (None for session_started, which fills ``result``)."""
+    kind = ev.WhichOneof("event")
+    if kind == "speech_started":
+        return SpeechStarted(ev.speech_started.audio_offset_ms)
+    if kind == "speech_stopped":
+        return SpeechStopped(ev.speech_stopped.audio_offset_ms)
+    if kind == "transcript":
+        return TranscriptEvent(ev.transcript.turn_id, ev.transcript.text, ev.transcript.is_final)
+    if kind == "reply_text_delta":
+        return ReplyText(ev.reply_text_delta.turn_id, ev.reply_text_delta.delta)
+    if kind == "audio_out":
+        return AudioEvent(ev.audio_out.turn_id, bytes(ev.audio_out.audio.data), ev.audio_out.audio.offset_ms)
+    if kind == "tool_call_started":
+        t = ev.tool_call_started
+        return ToolCall(t.turn_id, t.name, t.arguments_json, None)
+    if kind == "tool_call_finished":
+        f = ev.tool_call_finished
+        return ToolCall(f.turn_id, f.name, "", f.result_json)
+    if kind == "turn_completed":
+        tc = ev.turn_completed
+        return TurnDone(tc.turn_id, pb.TurnOutcome.Name(tc.outcome), tc.user_text, tc.reply_text,
+                        {x.name: x.duration_ms for x in tc.timings})
+    if kind == "error":
+        return ErrorEvent(ev.error.code, ev.error.message, ev.error.turn_id)
+    return None
+
+
 class Conversation:
-    """A live Converse stream: ``send_*`` to talk, events are collected into ``result``."""
+    """A live Converse stream: ``send_*`` to talk, events are collected into ``result`` and offered typed by
+    :meth:`events`."""
 
     def __init__(self, channel: grpc.aio.Channel, config: pb.SessionConfig, metadata: Sequence[tuple[str, str]] = ()):
+        self.config, self.metadata = config, tuple(metadata)
+        self._typed: asyncio.Queue[Event | None] = asyncio.Queue()
         self._queue: asyncio.Queue[pb.ConverseRequest | None] = asyncio.Queue()
         self._queue.put_nowait(pb.ConverseRequest(config=config))
         self.result = SessionResult()
@@ -145,11 +241,35 @@ class Conversation:
         self.result.turns.append(t)
         return t
 
+    async def events(self) -> AsyncIterator[Event]:
+        """Typed events as they arrive, until the stream ends (each event is delivered once)."""
+        while (ev := await self._typed.get()) is not None:
+            yield ev
+
+    async def resume(self, channel: grpc.aio.Channel) -> Conversation:
+        """A new stream on ``channel`` that continues this session (its history is kept by the server); use it
+        after the connection dropped or the gateway was replaced."""
+        if not self.result.session_id:
+            raise RuntimeError("no session to resume: the server never confirmed one")
+        self.cancel()
+        config = pb.SessionConfig()
+        config.CopyFrom(self.config)
+        config.session_id = self.result.session_id
+        return Conversation(channel, config, self.metadata)
+
     async def _read(self) -> None:
+        try:
+            await self._read_events()
+        finally:
+            self._typed.put_nowait(None)
+
+    async def _read_events(self) -> None:
         r = self.result
         async for ev in self._call:
             r.events.append(ev)
             self.arrivals.append(time.monotonic())
+            if (event := typed(ev)) is not None:
+                self._typed.put_nowait(event)
             kind = ev.WhichOneof("event")
             if kind == "session_started":
                 r.session_id = ev.session_started.session_id
@@ -197,6 +317,73 @@ class Conversation:
         self.close()
         await asyncio.wait_for(self._reader, timeout)
         return self.result
+
+
+class SyncConversation:
+    """The same conversation for code without asyncio: a loop on a thread of its own runs the stream.
+
+    ``send_audio``/``send_text``/``interrupt`` return at once; ``wait_turn`` blocks for the next completed turn;
+    ``events`` yields typed events; ``close`` (or leaving the ``with`` block) ends the session.
+    """
+
+    def __init__(self, addr: str, config: pb.SessionConfig, metadata: Sequence[tuple[str, str]] = ()) -> None:
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, name="stepaudio-client", daemon=True).start()
+
+        async def open_() -> tuple[grpc.aio.Channel, Conversation]:
+            ch = grpc.aio.insecure_channel(addr)
+            return ch, Conversation(ch, config, metadata)
+
+        opened = self._run(open_())
+        self._channel: grpc.aio.Channel = opened[0]  # type: ignore[index]
+        self.conv: Conversation = opened[1]  # type: ignore[index]
+        self._done = 0
+
+    def _run(self, coro: object, timeout: float | None = None) -> object:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
+
+    def send_audio(self, pcm: bytes) -> None:
+        self.loop.call_soon_threadsafe(self.conv.send_audio, pcm)
+
+    def send_text(self, text: str) -> None:
+        self.loop.call_soon_threadsafe(self.conv.send_text, text)
+
+    def interrupt(self) -> None:
+        self.loop.call_soon_threadsafe(self.conv.send, pb.ConverseRequest(interrupt=pb.Interrupt()))
+
+    def wait_turn(self, timeout: float = 120.0) -> Turn:
+        """Block until one more turn completes; returns it."""
+        self._done += 1
+        self._run(self.conv.wait_turns(self._done, timeout))
+        return [t for t in self.conv.result.turns if t.outcome][self._done - 1]
+
+    def events(self, timeout: float = 120.0) -> Iterator[Event]:
+        """Typed events as they arrive (blocking), until the stream ends."""
+        it = self.conv.events().__aiter__()
+        while True:
+            try:
+                yield self._run(anext(it), timeout)  # type: ignore[misc]
+            except StopAsyncIteration:
+                return
+
+    @property
+    def result(self) -> SessionResult:
+        return self.conv.result
+
+    def close(self, timeout: float = 120.0) -> SessionResult:
+        try:
+            return self._run(self.conv.finish(timeout), timeout + 5)  # type: ignore[return-value]
+        finally:
+            self._run(self._channel.close(), 10)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+
+    def __enter__(self) -> SyncConversation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 async def stream_audio(conv: Conversation, pcm: bytes, rate: int, chunk_ms: int = 20, realtime: bool = True) -> None:
