@@ -7,7 +7,7 @@ BUF := .cache/npm/node_modules/.bin/buf
 PROTOS := $(shell find protos -name '*.proto')
 STAMP := $(VENV)/.deps-stamp
 
-.PHONY: all venv deps proto triton-repos lint buf-lint buf-breaking api-baseline test demo up down clean
+.PHONY: all venv deps proto triton-repos lint buf-lint buf-breaking api-baseline test demo up down clean gpu-check
 
 all: proto triton-repos
 
@@ -63,6 +63,12 @@ test: proto triton-repos buf-lint buf-breaking
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# On a GPU machine: the Step1 probe in bf16, the wrong (linear) bias refused, token2wav dtypes and speed, and the
+# TensorRT-LLM engine probe when tensorrt_llm is installed. One table; under 10 minutes. GPU_CHECK_ARGS=--device cpu
+# is a dry run.
+gpu-check: proto
+	$(PY) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 demo: proto
 	$(PY) -m stepaudio.cli demo
