@@ -47,7 +47,7 @@ def test_manifests_validate_strict_all_versions(profile: str) -> None:
             except kubernetes_validate.SchemaNotFoundError:
                 errors.append(f"k8s {kv}: no schema for {d['apiVersion']} {d['kind']} (not a known CRD either)")
     assert not errors, "\n".join(errors)
-    assert checked > 40 * len(KUBE_VERSIONS)
+    assert checked > 35 * len(KUBE_VERSIONS)  # every manifest of the release (the vocoder is opt-in)
 
 
 def test_crd_objects_have_the_expected_shape() -> None:

@@ -27,9 +27,11 @@ def _conventions_ports() -> dict[str, int]:
 
 
 def _deployment(profile: str, component: str) -> dict[str, Any]:
-    """The component's Deployment in the image's profile (or the other profile when it is off there, e.g. rlhf)."""
+    """The component's Deployment in the image's profile (or the other profile when it is off there, e.g. rlhf;
+    opt-in components, the vocoder, rendered with ``<component>.enabled=true``)."""
+    opt_in = ("--set", "vocoder.enabled=true") if component == "vocoder" else ()
     for prof in (profile, "stepaudio" if profile == "embedded" else "embedded"):
-        for d in render(prof):
+        for d in render(prof, *opt_in):
             if d["kind"] == "Deployment" and d["metadata"]["labels"]["app.kubernetes.io/component"] == component:
                 if prof == profile or "-gpu" not in d["spec"]["template"]["spec"]["containers"][0]["image"]:
                     return d
