@@ -76,7 +76,7 @@ async def test_spoken_turn_reaches_the_chat_model_as_audio_tokens(sa_stack: tupl
         await send_realtime(conv, np.concatenate([silence(300), pcm.astype(np.float32), silence(1500)])
                             if rate == RATE else pcm)
         await conv.wait_turns(1, 120)
-        result = await conv.finish(60)
+        result = await conv.finish(180)
     assert not result.errors, result.errors
     turn = result.last
     assert turn.outcome == "TURN_OUTCOME_COMPLETED", turn
@@ -110,7 +110,7 @@ async def test_speculation_is_discarded_when_the_user_resumes(sa_stack: tuple[St
         conv = Conversation(ch, session_config(RATE, turn_detection=td, max_reply_tokens=30))
         await send_realtime(conv, audio)
         await conv.wait_turns(1, 120)
-        result = await conv.finish(60)
+        result = await conv.finish(180)
     turns = completed(result)
     assert len(turns) == 1, turns
     assert turns[0].speculative_discards >= 1
@@ -134,7 +134,10 @@ async def test_barge_in_stops_the_reply(sa_stack: tuple[Stack, Path]) -> None:
         speech_start = time.monotonic()
         await send_realtime(conv, np.concatenate([interruption, silence(1500)]))
         await conv.wait_turns(2, 120)
-        result = await conv.finish(60)
+        # Both turns are in. Do not wait for a graceful end: the tiny CPU TTS may still be speaking a long random
+        # reply (minutes on a loaded machine), which is not what this test is about.
+        conv.cancel()
+        result = conv.result
     first = completed(result)[0]
     assert first.outcome == pb.TURN_OUTCOME_INTERRUPTED, first
     audio_times = [t for t, e in zip(conv.arrivals, result.events, strict=True)
