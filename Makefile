@@ -7,7 +7,8 @@ BUF := .cache/npm/node_modules/.bin/buf
 PROTOS := $(shell find protos -name '*.proto')
 STAMP := $(VENV)/.deps-stamp
 
-.PHONY: all venv deps proto triton-repos lint buf-lint buf-breaking api-baseline test demo up down clean gpu-check
+.PHONY: all venv deps proto triton-repos lint buf-lint buf-breaking api-baseline test demo up down clean gpu-check \
+	images k8s-tools k8s-up k8s-down k8s-e2e
 
 all: proto triton-repos
 
@@ -69,6 +70,28 @@ test: proto triton-repos buf-lint buf-breaking
 # is a dry run.
 gpu-check: proto
 	$(PY) bench/gpu_check.py $(GPU_CHECK_ARGS)
+
+# Images without a Docker engine: every CPU target of docker/Dockerfile, built with buildah from a Debian base made
+# here (scripts/images.sh; TARGETS="gateway vad" for some; BASE_IMAGE=... for another base).
+images: $(STAMP)
+	bash scripts/images.sh build
+
+# A real single-node cluster on this machine (docs/DEPLOY.md "Local cluster"): kube binaries from the Go module
+# proxy, containerd + runc + CNI from apt. k8s-e2e builds what is missing, starts it, loads the images, installs the
+# chart and runs helm test and the rollout/fault checks (scripts/k8s/e2e.py), printing one table.
+k8s-tools: $(STAMP)
+	bash scripts/install-tools.sh node
+
+k8s-up: k8s-tools
+	bash scripts/k8s/cluster.sh up
+
+k8s-down:
+	bash scripts/k8s/cluster.sh down
+
+k8s-e2e: proto k8s-tools images
+	bash scripts/k8s/cluster.sh up
+	bash scripts/images.sh export
+	$(PY) scripts/k8s/e2e.py $(E2E_ARGS)
 
 demo: proto
 	$(PY) -m stepaudio.cli demo

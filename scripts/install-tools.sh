@@ -61,23 +61,21 @@ YAML
   log "kubernetes-validate ok ($("$PY" -c 'import importlib.metadata as m;print(m.version("kubernetes-validate"))'))"
 }
 
-install_kube_apiserver() {
-  # A real kube-apiserver (+ etcd 3.4 from apt) for tests/deploy/test_ops.py. It is not packaged anywhere, and
-  # `go install k8s.io/kubernetes/cmd/kube-apiserver@v` is refused (replace directives), so build it from a
-  # wrapper module that maps the staging modules to their published v0.x versions. About 4 minutes on 2 cores.
-  local bin="$BIN_DIR/kube-apiserver" ver="${KUBE_APISERVER_VERSION:-v1.33.0}"
-  if [[ "${SKIP_KUBE_APISERVER:-0}" == "1" ]]; then log "SKIP_KUBE_APISERVER=1: not building kube-apiserver"; return; fi
-  if ! command -v etcd >/dev/null 2>&1; then
-    if command -v apt-get >/dev/null 2>&1 && [[ "$(id -u)" == "0" ]]; then
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server >/dev/null
+# Kubernetes binaries are not packaged anywhere, and `go install k8s.io/kubernetes/cmd/X@v` is refused (replace
+# directives), so they are built from a wrapper module that maps the staging modules to their published v0.x
+# versions. build_kube BIN... builds the named cmd/ binaries of one version into $BIN_DIR in one `go build`.
+KUBE_VERSION="${KUBE_VERSION:-${KUBE_APISERVER_VERSION:-v1.33.0}}"
+build_kube() {
+  local ver="$KUBE_VERSION" minor todo=() b
+  for b in "$@"; do
+    if [[ -x "$BIN_DIR/$b" && -f "$BIN_DIR/$b.stamp" && "$(cat "$BIN_DIR/$b.stamp")" == "$ver" ]]; then
+      log "$b $ver already at $BIN_DIR/$b"
     else
-      log "WARNING: etcd not found (apt-get install etcd-server); tests/deploy/test_ops.py will skip"
+      todo+=("$b")
     fi
-  fi
-  if [[ -x "$bin" && -f "$bin.stamp" && "$(cat "$bin.stamp")" == "$ver" ]]; then
-    log "kube-apiserver $ver already at $bin"; return
-  fi
-  local work minor
+  done
+  [[ ${#todo[@]} -eq 0 ]] && return
+  local work
   work="$(mktemp -d)"
   minor="${ver#v1.}"
   (
@@ -86,25 +84,67 @@ install_kube_apiserver() {
     local modfile
     modfile="$(go env GOMODCACHE)/cache/download/k8s.io/kubernetes/@v/$ver.mod"
     {
-      printf 'module kapi\n\ngo 1.24\n\nrequire k8s.io/kubernetes %s\n\nreplace (\n' "$ver"
+      printf 'module kbuild\n\ngo 1.24\n\nrequire k8s.io/kubernetes %s\n\nreplace (\n' "$ver"
       grep -E '^\s+k8s.io/[a-z0-9-]+ => ./staging' "$modfile" | awk -v v="v0.$minor" '{print "\t"$1" => "$1" "v}'
       printf ')\n'
     } >go.mod
-    printf 'package main\n\nimport _ "k8s.io/kubernetes/cmd/kube-apiserver/app"\n\nfunc main() {}\n' >tools.go
+    {
+      printf 'package main\n\nimport (\n'
+      for b in "${todo[@]}"; do printf '\t_ "k8s.io/kubernetes/cmd/%s/app"\n' "$b"; done
+      printf ')\n\nfunc main() {}\n'
+    } >tools.go
+    [[ " ${todo[*]} " == *" kubectl "* ]] && sed -i 's#k8s.io/kubernetes/cmd/kubectl/app#k8s.io/kubectl/pkg/cmd#' tools.go
     go mod tidy >/dev/null 2>&1
-    log "building kube-apiserver $ver (about 4 minutes on 2 cores)"
+    log "building ${todo[*]} $ver (about 4 minutes a binary on 2 cores, less when built together)"
     # version ldflags as in kubernetes' hack/lib/version.sh: helm checks the chart's kubeVersion against them
-    local ld="-s -w"
+    local ld="-s -w" pkgs=()
     for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
       ld+=" -X $pkg.gitVersion=$ver -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
     done
-    CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$bin" k8s.io/kubernetes/cmd/kube-apiserver
+    for b in "${todo[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
+    CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$BIN_DIR/" "${pkgs[@]}"
   )
   rm -rf "$work"
-  printf '%s' "$ver" >"$bin.stamp"
+  for b in "${todo[@]}"; do printf '%s' "$ver" >"$BIN_DIR/$b.stamp"; done
+}
+
+install_etcd() {
+  if ! command -v etcd >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && [[ "$(id -u)" == "0" ]]; then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server >/dev/null
+    else
+      log "WARNING: etcd not found (apt-get install etcd-server); tests/deploy/test_ops.py will skip"
+    fi
+  fi
+}
+
+install_kube_apiserver() {
+  # A real kube-apiserver (+ etcd 3.4 from apt) for tests/deploy/test_ops.py. About 4 minutes on 2 cores.
+  if [[ "${SKIP_KUBE_APISERVER:-0}" == "1" ]]; then log "SKIP_KUBE_APISERVER=1: not building kube-apiserver"; return; fi
+  install_etcd
+  build_kube kube-apiserver
+}
+
+# `scripts/install-tools.sh node`: everything a single-node cluster needs (scripts/k8s/cluster.sh): the other
+# control-plane binaries, a kubelet and kube-proxy, and containerd + runc + CNI plugins + image builders from apt.
+install_node() {
+  install_etcd
+  if command -v apt-get >/dev/null 2>&1 && [[ "$(id -u)" == "0" ]]; then
+    local pkgs=() p
+    for p in containerd runc containernetworking-plugins buildah podman mmdebstrap iptables conntrack iproute2 socat; do
+      dpkg -s "$p" >/dev/null 2>&1 || pkgs+=("$p")
+    done
+    if [[ ${#pkgs[@]} -gt 0 ]]; then
+      log "apt-get install ${pkgs[*]}"
+      apt-get update -q >/dev/null
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}" >/dev/null
+    fi
+  fi
+  build_kube kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl
 }
 
 install_helm
 install_kubernetes_validate
 install_kube_apiserver
+[[ "${1:-}" == "node" ]] && install_node
 log "done: export HELM=$BIN_DIR/helm"
