@@ -161,6 +161,8 @@ state = "$RUN_DIR/state"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$PAUSE_IMAGE"
   enable_unprivileged_ports = true
+  # Lowering oom_score_adj (the kubelet gives sandboxes -998) is refused here even to root: clamp to containerd's.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
