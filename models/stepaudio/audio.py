@@ -1,4 +1,5 @@
-"""Audio front ends shared by the Step-Audio components (numpy/torch only; no torchaudio/librosa/whisper).
+"""Audio front ends shared by the Step-Audio components (numpy/torch only; no torchaudio/librosa/whisper). The
+torch-free parts live in :mod:`models.dsp` (the CPU images have no torch) and are re-exported here.
 
 * :func:`resample` - soxr resampling to 16 kHz/22.05 kHz from 8/16/22.05/24/44.1/48 kHz.
 * :func:`whisper_log_mel` - Whisper-style 128-bin log-mel (n_fft 400, hop 160) for ``speech_tokenizer_v1.onnx``.
@@ -13,74 +14,15 @@ import math
 import numpy as np
 import torch
 
-SUPPORTED_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
+from models import dsp
+from models.dsp import SUPPORTED_RATES, peak_normalize, resample, slaney_mel_filterbank
 
-
-def resample(audio: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
-    """Resample mono float audio with soxr (VHQ). Accepts the rates in SUPPORTED_RATES."""
-    if src_rate not in SUPPORTED_RATES:
-        raise ValueError(f"sample rate {src_rate} not supported; use one of {SUPPORTED_RATES}")
-    x = np.asarray(audio, dtype=np.float32).reshape(-1)
-    if src_rate == dst_rate:
-        return x
-    import soxr
-
-    return np.asarray(soxr.resample(x, src_rate, dst_rate, quality="VHQ"), dtype=np.float32)
-
-
-def peak_normalize(audio: np.ndarray, peak: float = 0.999, floor: float = 0.01) -> np.ndarray:
-    """The reference's ``x / max(max|x|, floor) * peak``: loud audio peaks at ``peak``; audio quieter than
-    ``floor`` is scaled by ``peak / floor`` only (near-silence is not blown up to full scale)."""
-    x = np.asarray(audio, dtype=np.float32)
-    m = float(np.max(np.abs(x))) if x.size else 0.0
-    return (x * (peak / max(m, floor))).astype(np.float32)
-
-
-def _hz_to_mel_slaney(f: np.ndarray) -> np.ndarray:
-    f = np.asarray(f, dtype=np.float64)
-    f_sp = 200.0 / 3
-    mels = f / f_sp
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = math.log(6.4) / 27.0
-    return np.where(f >= min_log_hz, min_log_mel + np.log(np.maximum(f, 1e-10) / min_log_hz) / logstep, mels)
-
-
-def _mel_to_hz_slaney(m: np.ndarray) -> np.ndarray:
-    m = np.asarray(m, dtype=np.float64)
-    f_sp = 200.0 / 3
-    freqs = f_sp * m
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = math.log(6.4) / 27.0
-    return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), freqs)
-
-
-def slaney_mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None) -> np.ndarray:
-    """Slaney-normalised triangular mel filters (n_mels, n_fft//2+1), the librosa default."""
-    fmax = sr / 2 if fmax is None else fmax
-    fftfreqs = np.linspace(0, sr / 2, n_fft // 2 + 1)
-    mel_pts = _mel_to_hz_slaney(np.linspace(_hz_to_mel_slaney(fmin), _hz_to_mel_slaney(fmax), n_mels + 2))
-    fdiff = np.diff(mel_pts)
-    ramps = mel_pts[:, None] - fftfreqs[None, :]
-    lower = -ramps[:-2] / fdiff[:-1, None]
-    upper = ramps[2:] / fdiff[1:, None]
-    weights = np.maximum(0, np.minimum(lower, upper))
-    enorm = 2.0 / (mel_pts[2 : n_mels + 2] - mel_pts[:n_mels])
-    return (weights * enorm[:, None]).astype(np.float32)
-
+__all__ = ["SUPPORTED_RATES", "cosyvoice_mel", "kaldi_fbank", "peak_normalize", "resample", "slaney_mel_filterbank",
+           "whisper_log_mel"]
 
 def whisper_log_mel(audio16k: np.ndarray | torch.Tensor, n_mels: int = 128) -> torch.Tensor:
-    """Whisper ``log_mel_spectrogram``: (n_mels, frames) with frames = len // 160."""
-    x = torch.as_tensor(np.asarray(audio16k, dtype=np.float32)).reshape(-1)
-    window = torch.hann_window(400)
-    stft = torch.stft(x, 400, 160, window=window, return_complex=True)
-    mags = stft[..., :-1].abs() ** 2
-    filters = torch.from_numpy(slaney_mel_filterbank(16000, 400, n_mels))
-    mel = filters @ mags
-    log_spec = torch.clamp(mel, min=1e-10).log10()
-    log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
-    return (log_spec + 4.0) / 4.0
+    """Whisper ``log_mel_spectrogram`` as a tensor: (n_mels, frames) with frames = len // 160 (:mod:`models.dsp`)."""
+    return torch.from_numpy(dsp.whisper_log_mel(np.asarray(audio16k, dtype=np.float32), n_mels))
 
 
 def cosyvoice_mel(audio22k: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.stepaudio.audio import resample, whisper_log_mel
+from models.dsp import resample, whisper_log_mel
 
 MODEL_FILE = "smart-turn-v3.2-cpu.onnx"
 SAMPLE_RATE = 16000
@@ -42,7 +42,7 @@ def features(audio16k: np.ndarray) -> np.ndarray:
     x = np.asarray(audio16k, dtype=np.float32).reshape(-1)[-n:]
     x = np.pad(x, (n - x.size, 0))
     x = (x - x.mean()) / np.sqrt(x.var() + 1e-7)
-    return whisper_log_mel(x, 80).numpy().astype(np.float32)[:, : WINDOW_S * 100]
+    return whisper_log_mel(x, 80)[:, : WINDOW_S * 100]
 
 
 class SmartTurn:
