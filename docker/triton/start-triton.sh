@@ -4,7 +4,20 @@
 # the other ranks only run the TensorRT-LLM engine shards (they get --model-control-mode=explicit and no endpoints).
 set -euo pipefail
 WORLD_SIZE="${TRITON_WORLD_SIZE:-1}"
-BACKENDS=(--backend-directory="${TRITON_BACKEND_DIR:-/opt/tritonserver/backends}")
+BACKEND_DIR="${TRITON_BACKEND_DIR:-/opt/tritonserver/backends}"
+# The python backend chmods its stub every time it starts one (python_backend's stub launcher), so the stub must be
+# ours on a writable filesystem. With a non-root uid and a read-only root (the chart's securityContext) run the
+# python backend from a copy under /tmp (an emptyDir); the other backends are linked, not copied.
+STUB="$BACKEND_DIR/python/triton_python_backend_stub"
+if [[ -f "$STUB" && ! -O "$STUB" ]]; then
+  copy="${TMPDIR:-/tmp}/triton-backends"
+  rm -rf "$copy" && mkdir -p "$copy"
+  for b in "$BACKEND_DIR"/*; do
+    if [[ "${b##*/}" == python ]]; then cp -r "$b" "$copy/python"; else ln -s "$b" "$copy/${b##*/}"; fi
+  done
+  BACKEND_DIR="$copy"
+fi
+BACKENDS=(--backend-directory="$BACKEND_DIR")
 if [[ -n "${TRITON_CACHE_DIR:-}" ]]; then BACKENDS+=(--cache-directory="$TRITON_CACHE_DIR"); fi
 
 if [[ "$WORLD_SIZE" == "1" ]]; then

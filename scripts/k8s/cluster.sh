@@ -15,7 +15,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BIN="${BIN_DIR:-$ROOT/.cache/bin}"
-STATE="${K8S_STATE:-$ROOT/.cache/k8s}"
+STATE="${K8S_STATE:-/var/lib/stepaudio-k8s}"   # etcd, containerd, kubelet, logs: outside the checkout
 RUN_DIR="/run/stepaudio-k8s"                    # containerd's socket and state (short path, tmpfs)
 LOGS="$STATE/logs"
 NODE="${K8S_NODE_NAME:-stepaudio-node}"
@@ -183,36 +183,39 @@ ctr_has() { ctr --address "$SOCK" -n k8s.io images ls -q | grep -qx "$1"; }
 infra_images() {
   # pause (our own, static C), CoreDNS (Go module proxy) and Redis (Debian's redis-server): upstream images
   # are not reachable here. Built once with buildah, imported into containerd's k8s.io namespace.
-  local work="$STATE/build"
-  mkdir -p "$work"
-  if ! ctr_has "$PAUSE_IMAGE"; then
-    gcc -static -O2 -o "$work/pause" "$ROOT/infra/k8s/pause.c"
-    local c; c="$(buildah from scratch)"
-    buildah copy --quiet "$c" "$work/pause" /pause >/dev/null
-    buildah config --entrypoint '["/pause"]' --user 65535:65535 "$c"
-    buildah commit --quiet "$c" "$PAUSE_IMAGE" >/dev/null; buildah rm "$c" >/dev/null
-    import_image "$PAUSE_IMAGE"
-  fi
-  if ! ctr_has "$COREDNS_IMAGE"; then
-    if [[ ! -x "$BIN/coredns" || "$(cat "$BIN/coredns.stamp" 2>/dev/null)" != "$COREDNS_VERSION" ]]; then
-      log "building CoreDNS $COREDNS_VERSION (go install, a few minutes the first time)"
-      GOBIN="$BIN" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
-      echo "$COREDNS_VERSION" >"$BIN/coredns.stamp"
-    fi
-    local c; c="$(buildah from scratch)"
-    buildah copy --quiet "$c" "$BIN/coredns" /coredns >/dev/null
-    buildah config --entrypoint '["/coredns"]' --user 65532:65532 "$c"
-    buildah commit --quiet "$c" "$COREDNS_IMAGE" >/dev/null; buildah rm "$c" >/dev/null
-    import_image "$COREDNS_IMAGE"
-  fi
-  if ! ctr_has "$REDIS_IMAGE"; then
-    local base; base="$(bash "$ROOT/scripts/images.sh" base)"
-    local c; c="$(buildah from "$base")"
-    buildah run --network host "$c" -- sh -c 'apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server >/dev/null && rm -rf /var/lib/apt/lists/*'
-    buildah config --entrypoint '["redis-server"]' --cmd '["--protected-mode", "no", "--save", "", "--appendonly", "no"]' "$c"
-    buildah commit --quiet "$c" "$REDIS_IMAGE" >/dev/null; buildah rm "$c" >/dev/null
-    import_image "$REDIS_IMAGE"
-  fi
+  mkdir -p "$STATE/build"
+  local img
+  for img in "$PAUSE_IMAGE" "$COREDNS_IMAGE" "$REDIS_IMAGE"; do
+    ctr_has "$img" && continue
+    buildah inspect --type image "$img" >/dev/null 2>&1 || build_infra_image "$img"
+    import_image "$img"
+  done
+}
+
+build_infra_image() {
+  local c
+  case "$1" in
+    "$PAUSE_IMAGE")
+      gcc -static -O2 -o "$STATE/build/pause" "$ROOT/infra/k8s/pause.c"
+      c="$(buildah from scratch)"
+      buildah copy --quiet "$c" "$STATE/build/pause" /pause >/dev/null
+      buildah config --entrypoint '["/pause"]' --user 65535:65535 "$c" ;;
+    "$COREDNS_IMAGE")
+      if [[ ! -x "$BIN/coredns" || "$(cat "$BIN/coredns.stamp" 2>/dev/null)" != "$COREDNS_VERSION" ]]; then
+        log "building CoreDNS $COREDNS_VERSION (go install, a few minutes the first time)"
+        GOBIN="$BIN" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
+        echo "$COREDNS_VERSION" >"$BIN/coredns.stamp"
+      fi
+      c="$(buildah from scratch)"
+      buildah copy --quiet "$c" "$BIN/coredns" /coredns >/dev/null
+      buildah config --entrypoint '["/coredns"]' --user 65532:65532 "$c" ;;
+    "$REDIS_IMAGE")
+      c="$(buildah from "$(bash "$ROOT/scripts/images.sh" base)")"
+      buildah run --network host "$c" -- sh -c 'apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server >/dev/null && rm -rf /var/lib/apt/lists/*'
+      buildah config --entrypoint '["redis-server"]' --cmd '[]' "$c" ;;
+  esac
+  buildah commit --quiet "$c" "$1" >/dev/null
+  buildah rm "$c" >/dev/null
 }
 
 import_image() {
@@ -294,6 +297,23 @@ stop() {
   rm -f "$p"
 }
 
+flush_kube_chains() {  # the chains the kubelet and kube-proxy leave behind (canaries, KUBE-FIREWALL, marks)
+  local cmd="$1" t rule chain
+  command -v "$cmd" >/dev/null || return 0
+  for t in nat filter mangle; do
+    "$cmd" -t "$t" -S 2>/dev/null | grep -E '^-A (INPUT|OUTPUT|FORWARD|PREROUTING|POSTROUTING) .*-j KUBE-' | while read -r rule; do
+      # shellcheck disable=SC2086
+      "$cmd" -t "$t" ${rule/-A/-D} 2>/dev/null || true
+    done
+    for chain in $("$cmd" -t "$t" -S 2>/dev/null | awk '/^-N KUBE-/{print $2}'); do
+      "$cmd" -t "$t" -F "$chain" 2>/dev/null || true
+    done
+    for chain in $("$cmd" -t "$t" -S 2>/dev/null | awk '/^-N KUBE-/{print $2}'); do
+      "$cmd" -t "$t" -X "$chain" 2>/dev/null || true
+    done
+  done
+}
+
 down() {
   stop kube-proxy
   stop kubelet
@@ -314,6 +334,7 @@ down() {
   local ns
   for ns in $(ip netns list 2>/dev/null | awk '/^cni-/{print $1}'); do ip netns delete "$ns" 2>/dev/null || true; done
   [[ -x "$BIN/kube-proxy" ]] && "$BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
+  flush_kube_chains iptables; flush_kube_chains ip6tables
   ip link show "$BRIDGE" >/dev/null 2>&1 && ip link delete "$BRIDGE" || true
   rm -rf "$STATE/cni/ipam"
   log "cluster down (state kept in $STATE; purge deletes it)"

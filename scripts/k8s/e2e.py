@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from stepaudio.client import Conversation, read_wav, session_config, stream_audio  # noqa: E402
 
 BIN = Path(os.environ.get("BIN_DIR", ROOT / ".cache" / "bin"))
-STATE = Path(os.environ.get("K8S_STATE", ROOT / ".cache" / "k8s"))
+STATE = Path(os.environ.get("K8S_STATE", "/var/lib/stepaudio-k8s"))
 KUBECONFIG = os.environ.get("KUBECONFIG") or str(STATE / "admin.kubeconfig")
 CHART = ROOT / "charts" / "stepaudio"
 NS, RELEASE = "stepaudio", "stepaudio"
@@ -239,6 +239,9 @@ def check_pod_kill() -> str:
 def check_install() -> str:
     kubectl("create", "namespace", NS, check=False)
     kubectl("-n", NS, "apply", "-f", str(ROOT / "infra" / "k8s" / "redis.yaml"))
+    status = sh(str(BIN / "helm"), "status", RELEASE, "-n", NS, "-o", "json", check=False)
+    if status and json.loads(status)["info"]["status"].startswith("pending-"):  # an interrupted earlier run
+        helm("uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "5m")
     t0 = time.monotonic()
     helm("upgrade", "--install", RELEASE, str(CHART), "-n", NS, "-f", str(CHART / "values-embedded.yaml"),
          "-f", str(ROOT / "infra" / "k8s" / "values-local.yaml"), "--wait", "--timeout", "20m")
@@ -322,7 +325,8 @@ def check_gpu_scheduling() -> str:
             json.dumps([{"op": "add", "path": "/status/capacity/nvidia.com~1gpu", "value": "8"}]))
     try:
         wait("GPU pods scheduled on the GPU node", lambda: all(p["spec"].get("nodeName") == NODE for p in gpu_pods()), 120)
-        cpu_pods = [p for p in kjson("pods", ns=GPU_NS)["items"] if p not in gpu_pods()]
+        gpu_names = {p["metadata"]["name"] for p in gpu_pods()}
+        cpu_pods = [p for p in kjson("pods", ns=GPU_NS)["items"] if p["metadata"]["name"] not in gpu_names]
         on_gpu_node = [p["metadata"]["name"] for p in cpu_pods if p["spec"].get("nodeName") == NODE]
         if on_gpu_node:
             raise RuntimeError(f"CPU pods landed on the tainted GPU node: {on_gpu_node}")
