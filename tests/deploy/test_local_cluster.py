@@ -6,7 +6,6 @@ in docs/DEPLOY.md.)"""
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import yaml
