@@ -204,6 +204,9 @@ async def _stage_fault(stage: str, how: str) -> str:
     the next turn of the same session works once the stage is back."""
     addr = gateway_addr()
     pcm, rate = read_wav(QUESTION)
+    await asyncio.to_thread(wait, "the release Ready", lambda: all(
+        ready(p) for p in pods(f"app.kubernetes.io/instance={RELEASE}") if not p["metadata"].get("deletionTimestamp")),
+        300, 2.0)
     victim = pods(component(stage))[0]
     name, restarts = victim["metadata"]["name"], victim["status"]["containerStatuses"][0]["restartCount"]
     async with grpc.aio.insecure_channel(addr) as ch:
@@ -211,20 +214,23 @@ async def _stage_fault(stage: str, how: str) -> str:
         # a reply long enough that the TTS is still owed most of it when its process goes
         conv.send_text("Please count slowly from one to forty, writing every number as a word.")
         hit_at = 0.0
-        t0 = time.monotonic()
-        async for ev in conv.events():  # strike as soon as the stage's audio starts to flow
-            if type(ev).__name__ == "AudioEvent" and not hit_at:
-                if how == "sigkill":
-                    await asyncio.to_thread(_sigkill_container, victim)
-                else:
-                    await asyncio.to_thread(kubectl, "-n", NS, "delete", "pod", name, "--wait=false")
-                hit_at = time.monotonic()
-            if type(ev).__name__ in ("TurnDone", "ErrorEvent") and hit_at:
-                break
-            if time.monotonic() - t0 > 180:
-                raise TimeoutError(f"the turn did not end within 180 s ({how} of {name})")
-        if not hit_at:
-            raise RuntimeError("the turn ended before any audio came; nothing was hit")
+
+        async def strike() -> None:
+            nonlocal hit_at
+            async for ev in conv.events():  # strike as soon as the stage's audio starts to flow
+                kind = type(ev).__name__
+                if kind == "AudioEvent" and not hit_at:
+                    if how == "sigkill":
+                        await asyncio.to_thread(_sigkill_container, victim)
+                    else:
+                        await asyncio.to_thread(kubectl, "-n", NS, "delete", "pod", name, "--wait=false")
+                    hit_at = time.monotonic()
+                if kind in ("TurnDone", "ErrorEvent"):
+                    if not hit_at:
+                        raise RuntimeError(f"the turn ended before any audio came ({ev}); nothing was hit")
+                    return
+
+        await asyncio.wait_for(strike(), 180)
         took = time.monotonic() - hit_at
         first = conv.result.turns[-1] if conv.result.turns else None
         errors = [f"{e.code}: {e.message[:80]}" for e in conv.result.errors]
@@ -241,7 +247,13 @@ async def _stage_fault(stage: str, how: str) -> str:
                     return True
             return False
 
-        await asyncio.to_thread(wait, f"{stage} back and Ready", back, 300)
+        # Ready three polls in a row (a restarted container's pod can read Ready for a moment before its probes
+        # ran), then the gateway Ready again (it is NOT_SERVING while a required stage is down)
+        seen: list[bool] = []
+        await asyncio.to_thread(wait, f"{stage} back and Ready", lambda: seen.append(back()) or seen[-3:] == [True] * 3,
+                                300, 2.0)
+        await asyncio.to_thread(wait, "the gateway Ready", lambda: all(ready(p) for p in pods(component("gateway"))),
+                                120)
         n = len([t for t in conv.result.turns if t.outcome])
         await stream_audio(conv, pcm, rate, realtime=False)
         await conv.wait_turns(n + 1, 240)
