@@ -330,9 +330,11 @@ down() {
   pkill -KILL -f "containerd-shim-runc-v2 .*-address $SOCK" 2>/dev/null || true
   stop kube-scheduler; stop kube-controller-manager; stop kube-apiserver; stop etcd
   # what the kubelet and containerd mounted, the pods' network namespaces, the bridge, kube-proxy's rules
-  grep -E " ($STATE|$RUN_DIR)/" /proc/mounts | awk '{print $2}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  { grep -E " ($STATE|$RUN_DIR)/" /proc/mounts || true; } | awk '{print $2}' | sort -r | while read -r m; do
+    umount -l "$m" 2>/dev/null || true
+  done
   local ns
-  for ns in $(ip netns list 2>/dev/null | awk '/^cni-/{print $1}'); do ip netns delete "$ns" 2>/dev/null || true; done
+  for ns in $(ip netns list 2>/dev/null | awk '/^cni-/{print $1}' || true); do ip netns delete "$ns" 2>/dev/null || true; done
   [[ -x "$BIN/kube-proxy" ]] && "$BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
   flush_kube_chains iptables; flush_kube_chains ip6tables
   ip link show "$BRIDGE" >/dev/null 2>&1 && ip link delete "$BRIDGE" || true
