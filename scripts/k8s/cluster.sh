@@ -301,7 +301,7 @@ flush_kube_chains() {  # the chains the kubelet and kube-proxy leave behind (can
   local cmd="$1" t rule chain
   command -v "$cmd" >/dev/null || return 0
   for t in nat filter mangle; do
-    "$cmd" -t "$t" -S 2>/dev/null | grep -E '^-A (INPUT|OUTPUT|FORWARD|PREROUTING|POSTROUTING) .*-j KUBE-' | while read -r rule; do
+    { "$cmd" -t "$t" -S 2>/dev/null || true; } | { grep -E '^-A (INPUT|OUTPUT|FORWARD|PREROUTING|POSTROUTING) .*-j KUBE-' || true; } | while read -r rule; do
       # shellcheck disable=SC2086
       "$cmd" -t "$t" ${rule/-A/-D} 2>/dev/null || true
     done
