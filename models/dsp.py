@@ -36,7 +36,7 @@ def peak_normalize(audio: np.ndarray, peak: float = 0.999, floor: float = 0.01) 
     return (x * (peak / max(m, floor))).astype(np.float32)
 
 
-def _hz_to_mel_slaney(f: np.ndarray) -> np.ndarray:
+def _hz_to_mel_slaney(f: np.ndarray | float) -> np.ndarray:
     f = np.asarray(f, dtype=np.float64)
     f_sp = 200.0 / 3
     mels = f / f_sp

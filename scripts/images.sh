@@ -111,11 +111,10 @@ need_tools() {
   fi
 }
 
-need_tools
 case "${1:-build}" in
-  build) mkdir -p "$WORK"; build ;;
-  export) export_images ;;
+  build) need_tools; mkdir -p "$WORK"; build ;;
+  export) need_tools; export_images ;;
   list) image_list ${TARGETS:-} ;;
-  base) make_base ;;
+  base) need_tools; make_base ;;
   *) echo "usage: $0 build|export|list|base" >&2; exit 2 ;;
 esac
