@@ -47,6 +47,26 @@ def stack(tmp_path_factory: pytest.TempPathFactory, otlp: OtlpReceiver) -> Itera
     s.stop()
 
 
+@pytest.fixture(scope="session")
+def riva_addr(stack: Stack) -> Iterator[str]:
+    """The Riva-compatible server (services/riva) in this process, on the stack's tokenizer, VAD and TTS."""
+    import asyncio
+    import threading
+
+    from services.riva.__main__ import build
+    from services.riva.settings import RivaSettings
+
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    server = build(RivaSettings(host="127.0.0.1", port=0, tokenizer_addr=stack.addr("tokenizer"),
+                                tts_addr=stack.addr("tts"), vad_addr=stack.addr("vad"), log_json=False,
+                                log_level="WARNING"))
+    port = asyncio.run_coroutine_threadsafe(server.start(), loop).result(60)
+    yield f"127.0.0.1:{port}"
+    asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(30)
+    loop.call_soon_threadsafe(loop.stop)
+
+
 @pytest.fixture()
 def redis_url(tmp_path: Path) -> Iterator[str]:
     exe = shutil.which("redis-server")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,7 @@ import numpy as np
 from services.httpapi.settings import HttpApiSettings
 from services.kit.audio import float_to_pcm16
 from services.kit.clients import channel
-from services.kit.errors import InvalidArgument, NotFound, StageError
+from services.kit.errors import InvalidArgument, StageError
 from services.kit.wavio import decode_wav
 from stepaudio.common.v1 import audio_pb2
 from stepaudio.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
@@ -202,9 +201,3 @@ class Api:
         finally:
             call.cancel()
 
-
-def now() -> float:
-    return time.monotonic()
-
-
-__all__ = ["Api", "ApiError", "NotFound"]

@@ -1,6 +1,10 @@
 """Riva ASR and TTS servicers on the platform's stages: Recognize / StreamingRecognize (interim results) onto the
 tokenizer's Transcribe, Synthesize / SynthesizeOnline onto the TTS's Synthesize, and the two config RPCs.
 
+StreamingRecognize ends an utterance where the VAD stage hears ``EndpointingConfig.stop_history`` ms of silence
+(``stop_history_ms`` when the client sets none), as a Riva server does: one final result per utterance on one long
+stream (what Pipecat's and LiveKit's Riva STT expect), interim results in between.
+
 Riva's wire contract as the nvidia-riva-client package (2.28) generates it; SynthesizeOnline takes a stream of
 requests there, which is also what an older client's single request looks like on the wire. Audio: LINEAR_PCM
 (raw PCM16, or a WAV file whose header gives rate and channels) at 8/16/22.05/24/44.1/48 kHz; other encodings are
@@ -9,6 +13,8 @@ INVALID_ARGUMENT with what to send.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,6 +30,7 @@ from services.riva.settings import RivaSettings
 from stepaudio.common.v1 import audio_pb2
 from stepaudio.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 from stepaudio.tts.v1 import tts_pb2, tts_pb2_grpc
+from stepaudio.vad.v1 import vad_pb2, vad_pb2_grpc
 
 ASR_SERVICE = riva_asr_pb2.DESCRIPTOR.services_by_name["RivaSpeechRecognition"].full_name
 TTS_SERVICE = riva_tts_pb2.DESCRIPTOR.services_by_name["RivaSpeechSynthesis"].full_name
@@ -61,12 +68,34 @@ def _language(code: str) -> str:
     return code or "en-US"
 
 
+async def _one(audio: AsyncIterator[bytes]) -> AsyncIterator[AsyncIterator[bytes]]:
+    yield audio
+
+
+class _Segment:
+    """One utterance's audio as it arrives; ``decided`` once the VAD heard speech in it or it ended without."""
+
+    def __init__(self) -> None:
+        self.audio: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.spoken = False
+        self.decided = asyncio.Event()
+
+    def close(self) -> None:
+        self.audio.put_nowait(None)
+        self.decided.set()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while (data := await self.audio.get()) is not None:
+            yield data
+
+
 class RivaAsr(riva_asr_pb2_grpc.RivaSpeechRecognitionServicer):
     """Recognize, StreamingRecognize, GetRivaSpeechRecognitionConfig."""
 
     def __init__(self, settings: RivaSettings) -> None:
         self.s = settings
         self._stub: Any = None
+        self._vad: Any = None
 
     @property
     def stub(self) -> Any:
@@ -75,9 +104,14 @@ class RivaAsr(riva_asr_pb2_grpc.RivaSpeechRecognitionServicer):
                 channel(self.s.tokenizer_addr, token=self.s.stage_token))
         return self._stub
 
+    @property
+    def vad(self) -> Any:
+        if self._vad is None:
+            self._vad = vad_pb2_grpc.VadServiceStub(channel(self.s.vad_addr, token=self.s.stage_token))
+        return self._vad
+
     def _check(self, config: Any) -> None:
-        if config.max_alternatives > 1:
-            pass  # one alternative is returned (Riva's own servers return fewer than asked when they have fewer)
+        # max_alternatives > 1 gets one alternative (Riva's own servers return fewer than asked when they have fewer)
         if config.language_code and not config.language_code.lower().startswith("en"):
             raise InvalidArgument(f"language_code {config.language_code!r}: this server recognizes English (en-US)")
 
@@ -147,17 +181,96 @@ class RivaAsr(riva_asr_pb2_grpc.RivaSpeechRecognitionServicer):
                 yield pcm
 
         out_rate = rate if rate in SUPPORTED_RATES else 16000
-        async for resp in self._transcribe(chunks(), out_rate, sc.config.language_code, sc.interim_results):
-            if not resp.text and not resp.is_final:
-                continue
-            alt = riva_asr_pb2.SpeechRecognitionAlternative(transcript=resp.text, confidence=resp.confidence,
-                                                            language_code=_language(sc.config.language_code))
-            result = riva_asr_pb2.StreamingRecognitionResult(
-                alternatives=[alt], is_final=resp.is_final, stability=1.0 if resp.is_final else 0.5,
-                audio_processed=processed)
-            if resp.is_final and not resp.text:
-                return
-            yield riva_asr_pb2.StreamingRecognizeResponse(results=[result], id=first.id)
+        stop_ms = sc.config.endpointing_config.stop_history if sc.config.HasField("endpointing_config") else 0
+        segments = self._utterances(chunks(), out_rate, stop_ms if stop_ms > 0 else self.s.stop_history_ms) \
+            if self.s.vad_addr else _one(chunks())
+        async for segment in segments:
+            async for resp in self._transcribe(segment, out_rate, sc.config.language_code, sc.interim_results):
+                if not resp.text:
+                    continue  # nothing said in this stretch (silence between utterances, or at the end)
+                alt = riva_asr_pb2.SpeechRecognitionAlternative(transcript=resp.text, confidence=resp.confidence,
+                                                                language_code=_language(sc.config.language_code))
+                result = riva_asr_pb2.StreamingRecognitionResult(
+                    alternatives=[alt], is_final=resp.is_final, stability=1.0 if resp.is_final else 0.5,
+                    audio_processed=processed)
+                yield riva_asr_pb2.StreamingRecognizeResponse(results=[result], id=first.id)
+
+    async def _utterances(self, audio: AsyncIterator[bytes], rate: int, stop_ms: int
+                          ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """Split one audio stream into utterances where the VAD hears ``stop_ms`` of silence. The cut is placed by
+        the VAD's own audio offsets (audio arrives faster than the VAD decides), ``stop_ms`` into the silence. Each
+        utterance is an iterator of its audio, offered once the VAD hears speech in it (stretches of silence alone
+        are dropped, so Whisper never transcribes them); the audio after the last pause is the last one."""
+        segments: asyncio.Queue[_Segment | None] = asyncio.Queue()
+        current = _Segment()
+        await segments.put(current)
+        to_vad: asyncio.Queue[bytes | None] = asyncio.Queue()
+        pending = bytearray()  # audio not yet placed in a segment; it starts at byte `released` of the stream
+        released = 0
+
+        def release(upto_ms: int) -> None:
+            nonlocal released
+            n = max(0, min(len(pending), upto_ms * rate // 1000 * 2 - released))
+            if n:
+                current.audio.put_nowait(bytes(pending[:n]))
+                del pending[:n]
+                released += n
+
+        async def vad_requests() -> AsyncIterator[vad_pb2.StreamDetectRequest]:
+            yield vad_pb2.StreamDetectRequest(config=vad_pb2.DetectConfig(
+                format=audio_pb2.AudioFormat(sample_rate_hz=rate), min_silence_ms=stop_ms))
+            while (data := await to_vad.get()) is not None:
+                yield vad_pb2.StreamDetectRequest(audio=audio_pb2.AudioChunk(data=data))
+
+        async def feed() -> None:
+            try:
+                async for data in audio:
+                    pending.extend(data)
+                    to_vad.put_nowait(data)
+            finally:
+                to_vad.put_nowait(None)
+
+        async def endpoints() -> None:
+            nonlocal current
+            try:
+                async for resp in self.vad.StreamDetect(vad_requests(), timeout=self.s.max_audio_s + 60):
+                    for e in sorted(resp.events, key=lambda e: e.audio_offset_ms):
+                        if e.type == vad_pb2.SPEECH_EVENT_TYPE_STARTED:
+                            current.spoken = True
+                            current.decided.set()
+                        elif e.type == vad_pb2.SPEECH_EVENT_TYPE_STOPPED:
+                            release(min(e.audio_offset_ms + stop_ms, resp.audio_processed_ms))
+                            current.close()
+                            current = _Segment()
+                            segments.put_nowait(current)
+                    release(resp.audio_processed_ms)
+            except grpc.aio.AioRpcError as e:
+                raise _stage(e, "vad") from None
+
+        feeder, detector = asyncio.create_task(feed()), asyncio.create_task(endpoints())
+
+        async def finish() -> None:
+            try:
+                await feeder
+                await detector  # the last endpoint decisions, then the audio after them is the last utterance
+            finally:
+                if pending:
+                    current.audio.put_nowait(bytes(pending))
+                current.close()
+                segments.put_nowait(None)
+
+        finisher = asyncio.create_task(finish())
+        try:
+            while (segment := await segments.get()) is not None:
+                await segment.decided.wait()
+                if segment.spoken:
+                    yield segment.chunks()
+            await finisher  # raises what the audio stream or the VAD raised
+        finally:
+            for t in (feeder, detector, finisher):
+                t.cancel()
+                with contextlib.suppress(BaseException):
+                    await t
 
     async def GetRivaSpeechRecognitionConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         cfg = riva_asr_pb2.RivaSpeechRecognitionConfigResponse.Config(

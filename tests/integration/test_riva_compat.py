@@ -4,34 +4,14 @@ nvidia-riva-client package the way its transcribe_file.py and talk.py scripts dr
 from __future__ import annotations
 
 import wave
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from speech_match import says
 
-from services.riva.__main__ import build
-from services.riva.settings import RivaSettings
-from stepaudio.stack import Stack
-
 DATA = Path(__file__).parents[1] / "data"
 QUESTION = (DATA / "question.txt").read_text().strip()
-
-
-@pytest.fixture(scope="module")
-def riva_addr(stack: Stack) -> Iterator[str]:
-    import asyncio
-    import threading
-
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-    server = build(RivaSettings(host="127.0.0.1", port=0, tokenizer_addr=stack.addr("tokenizer"),
-                                tts_addr=stack.addr("tts"), log_json=False, log_level="WARNING"))
-    port = asyncio.run_coroutine_threadsafe(server.start(), loop).result(60)
-    yield f"127.0.0.1:{port}"
-    asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(30)
-    loop.call_soon_threadsafe(loop.stop)
 
 
 def _config(riva, path: Path):  # noqa: ANN001, ANN202 - as transcribe_file.py builds it
@@ -62,6 +42,26 @@ def test_streaming_recognize_with_interim_results(riva_addr: str) -> None:
             for r in response.results:
                 (finals if r.is_final else interim).append(r.alternatives[0].transcript)
     assert len(finals) == 1 and says(finals[0], QUESTION), (finals, interim)
+
+
+def test_streaming_recognize_gives_one_final_per_utterance(riva_addr: str) -> None:
+    """One long stream, two questions 1.5 s apart: a final result at each pause (EndpointingConfig.stop_history),
+    as Pipecat's and LiveKit's Riva STT expect; nothing for the silence."""
+    import riva.client
+
+    asr = riva.client.ASRService(riva.client.Auth(uri=riva_addr))
+    path = DATA / "question.wav"
+    with wave.open(str(path)) as w:
+        rate, pcm = w.getframerate(), w.readframes(w.getnframes())
+    audio = pcm + b"\0\0" * int(rate * 1.5) + pcm + b"\0\0" * int(rate * 0.5)
+    config = riva.client.RecognitionConfig(encoding=riva.client.AudioEncoding.LINEAR_PCM, sample_rate_hertz=rate,
+                                           language_code="en-US", max_alternatives=1)
+    streaming = riva.client.StreamingRecognitionConfig(config=config, interim_results=True)
+    riva.client.add_endpoint_parameters_to_config(streaming, -1, -1.0, 500, -1, -1.0, -1.0)
+    chunks = [audio[i:i + 3200] for i in range(0, len(audio), 3200)]
+    finals = [r.alternatives[0].transcript for response in asr.streaming_response_generator(
+        audio_chunks=iter(chunks), streaming_config=streaming) for r in response.results if r.is_final]
+    assert len(finals) == 2 and all(says(f, QUESTION) for f in finals), finals
 
 
 def test_synthesize_and_synthesize_online(riva_addr: str, tmp_path: Path) -> None:
