@@ -345,11 +345,18 @@ def check_network_policy() -> str:
             " try:\n  s.connect(tuple(addr)); print(name, 'connected')\n"
             " except TimeoutError:\n  print(name, 'timeout')\n"
             " except OSError as e:\n  print(name, 'error', e.errno)\n")
-    out = kubectl("-n", NS, "run", "netpol-probe", "--rm", "-i", "--restart=Never", f"--image={image}",
-                  "--image-pull-policy=Never",
-                  "--overrides", json.dumps({"spec": {"automountServiceAccountToken": False}}),
-                  "--", "python", "-c", code, timeout=120)
-    seen = dict(line.split(None, 1) for line in out.splitlines() if line.split(None, 1)[0] in targets)
+    # run to completion, then read its log (an attached `run -i` can miss the output of a short pod)
+    kubectl("-n", NS, "delete", "pod", "netpol-probe", "--ignore-not-found", "--wait=true")
+    kubectl("-n", NS, "run", "netpol-probe", "--restart=Never", f"--image={image}", "--image-pull-policy=Never",
+            "--overrides", json.dumps({"spec": {"automountServiceAccountToken": False}}),
+            "--", "python", "-c", code)
+    try:
+        wait("the probe pod done", lambda: kjson("pod", "netpol-probe")["status"].get("phase")
+             in ("Succeeded", "Failed"), 120)
+        out = kubectl("-n", NS, "logs", "netpol-probe")
+    finally:
+        kubectl("-n", NS, "delete", "pod", "netpol-probe", "--ignore-not-found", "--wait=false", check=False)
+    seen = dict(line.split(None, 1) for line in out.splitlines() if line.split(None, 1)[:1] in ([t] for t in targets))
     if seen.get("gateway") != "connected":
         raise RuntimeError(f"the gateway Service is not reachable from a client pod: {seen}")
     if seen.get("tts") == "timeout":
