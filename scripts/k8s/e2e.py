@@ -356,7 +356,8 @@ def check_network_policy() -> str:
         out = kubectl("-n", NS, "logs", "netpol-probe")
     finally:
         kubectl("-n", NS, "delete", "pod", "netpol-probe", "--ignore-not-found", "--wait=false", check=False)
-    seen = dict(line.split(None, 1) for line in out.splitlines() if line.split(None, 1)[:1] in ([t] for t in targets))
+    words = [line.split(None, 1) for line in out.splitlines()]
+    seen = {w[0]: w[1] for w in words if len(w) == 2 and w[0] in targets}
     if seen.get("gateway") != "connected":
         raise RuntimeError(f"the gateway Service is not reachable from a client pod: {seen}")
     if seen.get("tts") == "timeout":
