@@ -8,7 +8,7 @@ PROTOS := $(shell find protos -name '*.proto')
 STAMP := $(VENV)/.deps-stamp
 
 .PHONY: all venv deps proto triton-repos lint buf-lint buf-breaking api-baseline test demo up down clean gpu-check \
-	images k8s-tools k8s-up k8s-down k8s-e2e
+	images k8s-tools k8s-up k8s-down k8s-e2e pipecat
 
 all: proto triton-repos
 
@@ -24,6 +24,16 @@ $(STAMP): $(VENV)/bin/python pyproject.toml requirements/nodeps.txt
 	touch $(STAMP)
 
 venv deps: $(STAMP)
+
+# Pipecat 1.14 in an environment of its own (requirements/pipecat.txt says why): the Pipecat interop tests and the
+# anchor of bench/bench_turns.py run it as a client process.
+PIPECAT := .cache/pipecat
+$(PIPECAT)/.stamp: requirements/pipecat.txt
+	python3 -m venv $(PIPECAT)
+	$(PIPECAT)/bin/pip install -q -r requirements/pipecat.txt
+	touch $@
+
+pipecat: $(PIPECAT)/.stamp
 
 # Generated protobuf/gRPC code goes to stepaudio/<domain>/v1 (git-ignored, never hand-edited).
 stepaudio/.proto-stamp: $(PROTOS) $(STAMP)
@@ -60,7 +70,7 @@ lint: proto buf-lint
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy services stepaudio
 
-test: proto triton-repos buf-lint buf-breaking
+test: proto triton-repos pipecat buf-lint buf-breaking
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)

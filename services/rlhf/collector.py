@@ -46,6 +46,34 @@ def parse_event(value: bytes | None) -> logs_pb2.ConversationEvent:
     return ev
 
 
+class AssignmentWatch:
+    """When a group member that holds no partition should leave and rejoin its group.
+
+    kafka-python can join while the topic's partitions have no leader yet (the broker has just restarted): the
+    leader assigns nothing and the member never rejoins, so the collector consumes nothing, forever, without an
+    error. A member still without partitions ``first_s`` after it last had some (or started) rejoins; each further
+    try waits twice as long, up to ``max_s``, so a spare member of a group larger than the topic's partition count
+    costs a rebalance only now and then.
+    """
+
+    def __init__(self, first_s: float = 15.0, max_s: float = 600.0) -> None:
+        self.first_s, self.max_s = first_s, max_s
+        self._since: float | None = None
+        self._wait = first_s
+
+    def due(self, assigned: bool, now: float) -> bool:
+        if assigned:
+            self._since, self._wait = None, self.first_s
+            return False
+        if self._since is None:
+            self._since = now
+            return False
+        if now - self._since < self._wait:
+            return False
+        self._since, self._wait = now, min(self._wait * 2, self.max_s)
+        return True
+
+
 @dataclass
 class BatchResult:
     """What one batch did."""
@@ -69,6 +97,8 @@ class Collector:
         self.consumer: Any = None
         self.dlq: Any = None
         self.totals = BatchResult()
+        self._assignment = AssignmentWatch()
+        self.rejoins = 0  # times this member left and rejoined its group for want of partitions
 
     # ------------------------------------------------------------------ Kafka plumbing
     def connect(self) -> None:
@@ -250,6 +280,8 @@ class Collector:
         """Poll one batch and run the whole protocol for it."""
         polled = self.consumer.poll(timeout_ms=self.settings.poll_timeout_ms)
         records = [r for recs in polled.values() for r in recs]
+        if not records:
+            self._rejoin_if_stuck()
         res = self.process(records) if records else BatchResult()
         if records:
             self._manifest_dirty = True
@@ -260,6 +292,19 @@ class Collector:
         if records:
             self.commit_offsets()
         return res
+
+    def _rejoin_if_stuck(self) -> None:
+        """Leave and rejoin the group when this member has held no partition for a while although the topic has
+        some (see AssignmentWatch)."""
+        topic = self.settings.topic
+        if not self._assignment.due(bool(self.consumer.assignment()), time.monotonic()):
+            return
+        if not self.consumer.partitions_for_topic(topic):
+            return
+        log.warning("rlhf: no partition of %s assigned to this collector; leaving and rejoining the group", topic)
+        self.rejoins += 1
+        self.consumer.unsubscribe()
+        self.consumer.subscribe([topic])
 
     def maybe_write_manifest(self) -> None:
         """Keep manifest.json current while no shard is written (counts move with every batch), at most once a

@@ -57,7 +57,7 @@ def test_broker_outage_every_event_once_in_dataset(kafka, tmp_path):
     try:
         col.run(until=_finalized(turns), timeout_s=180)
         by_turn = _pairs_by_turn(col)
-        assert len(by_turn) == turns and set(by_turn.values()) == {1}
+        assert len(by_turn) == turns and set(by_turn.values()) == {1}, (col.store.counters(), col.rejoins)
         source_ids = Counter(i for p in col.store.shard_lines() for i in p["source_event_ids"])
         assert set(source_ids) == expected and set(source_ids.values()) == {1}
         m = json.loads((tmp_path / "dataset" / "manifest.json").read_text())

@@ -373,3 +373,17 @@ def test_a_full_disk_holds_the_events_and_writes_them_when_it_has_room(tmp_path)
         log.close()
     assert failures["left"] == 0
     assert sorted(spooled) == sorted(ids)  # every accepted event, none lost, none twice
+
+
+def test_assignment_watch_rejoins_a_member_left_without_partitions() -> None:
+    from services.rlhf.collector import AssignmentWatch
+
+    w = AssignmentWatch(first_s=15, max_s=60)
+    assert not w.due(False, 0)  # the clock starts at the first poll without partitions
+    assert not w.due(False, 14.9)
+    assert w.due(False, 15)  # rejoin
+    assert not w.due(False, 44.9) and w.due(False, 45)  # then twice as long: 30 s
+    assert not w.due(False, 104.9) and w.due(False, 105)  # 60 s (the cap)
+    assert not w.due(False, 164.9) and w.due(False, 165)  # still 60 s
+    assert not w.due(True, 170)  # partitions again: back to the first wait
+    assert not w.due(False, 171) and not w.due(False, 185.9) and w.due(False, 186)
