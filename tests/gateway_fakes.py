@@ -173,6 +173,8 @@ class FakeStages(Stages):
         self.eot_probability: float | None = None  # the end-of-turn model's verdict (None: the gateway has none)
         self.eot_s = 0.03
         self.eot_calls: list[float] = []  # ms of utterance audio judged
+        self.eot_text: dict[str, float] | None = None  # the text end-of-turn model: P(end) by transcript (None: none)
+        self.eot_texts: list[str] = []  # transcripts judged
         self.llm_requests: list[llm_pb2.GenerateRequest] = []
         self.tool_calls: list[tools_pb2.ExecuteToolRequest] = []
         self.tts_texts: list[str] = []
@@ -278,6 +280,18 @@ class FakeStages(Stages):
             return await super().end_of_turn(pcm16, rate)
         await asyncio.sleep(self.eot_s)
         return self.eot_probability
+
+    @property
+    def reads_turn_text(self) -> bool:
+        return self.eot_text is not None
+
+    async def end_of_turn_text(self, text: str) -> float:
+        """``eot_text[text]`` (1.0 for a text it does not list) after ``eot_s``."""
+        if self.eot_text is None:
+            return await super().end_of_turn_text(text)
+        self.eot_texts.append(text)
+        await asyncio.sleep(self.eot_s)
+        return self.eot_text.get(text, 1.0)
 
     async def execute_tool(self, request: tools_pb2.ExecuteToolRequest, timeout_s: float
                            ) -> tools_pb2.ExecuteToolResponse:

@@ -70,6 +70,7 @@ class Reply:
     user_audio: bytes = b""
     user_tokens: list[int] = field(default_factory=list)  # the turn as dual tokens (llm_input=audio_tokens)
     transcribing: asyncio.Task | None = None  # the transcript, made beside the LLM call when it hears tokens
+    heard: asyncio.Event = field(default_factory=asyncio.Event)  # set once user_text is final (or never will be)
     text: str = ""
     tool_calls: list[ToolRecord] = field(default_factory=list)
     timings: Timings = field(default_factory=Timings)

@@ -52,6 +52,7 @@ from services.gateway.turns import (
     UserResumed,
     UserStarted,
     VadUpdate,
+    pause_verdict,
 )
 from services.kit.errors import InvalidArgument, StageError
 from services.kit.streams import queue_stream
@@ -464,30 +465,50 @@ class Session:
                     self.discard(self.pending)
                 self.restart_asr()
             case UserPaused(offset_ms=offset):
+                reply = self.begin_reply(offset, speculative=True) if self.params.speculative else None
                 if isinstance(self.turns.policy, EndOfTurnModel):
-                    self.judge_turn(self.turns.policy, offset)
-                if self.params.speculative:
-                    self.begin_reply(offset, speculative=True)
+                    self.judge_turn(self.turns.policy, offset, reply)
             case Endpoint(speech_end_ms=end):
                 self.endpoint(end, reopen=True)
 
-    def judge_turn(self, policy: EndOfTurnModel, pause_at_ms: float) -> None:
-        """Ask the end-of-turn model about the utterance up to this pause; the verdict reaches the policy, which
-        the next VAD update consults (audio keeps arriving, so within a frame)."""
+    def judge_turn(self, policy: EndOfTurnModel, pause_at_ms: float, reply: Reply | None) -> None:
+        """Ask the end-of-turn models about the utterance up to this pause: the audio model on its sound, the text
+        model on the transcript of the speculative ``reply`` (when there is one and a text model); the verdict
+        reaches the policy, which the next VAD update consults (audio keeps arriving, so within a frame)."""
         # The model looks at the last 8 s only: send no more than that (plus a little) however long the utterance.
         audio = self.buffer.since(max(self.utterance_start_ms, self.input.ms - 8500))
 
+        def failed(e: StageError, which: str) -> None:
+            if not self._eot_failed:
+                self._eot_failed = True
+                self.error(e.code, f"{which}: {e.message}; the silence timer decides instead")
+
+        async def by_sound() -> float | None:
+            try:
+                return await self.stages.end_of_turn(audio, self.rate)
+            except StageError as e:
+                failed(e, "end-of-turn model")
+                return None
+
+        async def by_words() -> float | None:
+            if reply is None or not self.stages.reads_turn_text:
+                return None
+            await reply.heard.wait()  # the reply's transcript (set even when the reply ends without one)
+            if not reply.user_text:
+                return None
+            try:
+                return await self.stages.end_of_turn_text(reply.user_text)
+            except StageError as e:
+                failed(e, "text end-of-turn model")
+                return None
+
         async def judge() -> None:
             t0 = now()
-            try:
-                p = await self.stages.end_of_turn(audio, self.rate)
-            except StageError as e:
-                if not self._eot_failed:
-                    self._eot_failed = True
-                    self.error(e.code, f"end-of-turn model: {e.message}; the silence timer decides instead")
-                return
-            policy.judge(pause_at_ms, p)
-            log.debug("end of turn judged", probability=round(p, 3), ms=round((now() - t0) * 1000, 1))
+            audio_p, text_p = await asyncio.gather(by_sound(), by_words())
+            p = pause_verdict(audio_p, text_p, self.settings.end_of_turn_text_threshold)
+            if p is not None:
+                policy.judge(pause_at_ms, p)
+            log.debug("end of turn judged", audio=audio_p, text=text_p, ms=round((now() - t0) * 1000, 1))
 
         task = asyncio.create_task(judge())
         self.judges.add(task)
@@ -618,6 +639,7 @@ class Session:
                                                           "(see the gateway log)", turn_id=reply.turn_id)), self.emit)
             log.exception("turn failed", turn_id=reply.turn_id)
         finally:
+            reply.heard.set()  # whoever waits for the transcript stops waiting (it may be empty)
             otel_context.detach(token)
             await self.finish(reply)
 
@@ -634,6 +656,7 @@ class Session:
             raise StageError(f"asr: no final transcript within {self.settings.asr_timeout_s:g} s",
                              grpc.StatusCode.DEADLINE_EXCEEDED) from None
         reply.user_text, reply.confidence = final.text.strip(), final.confidence
+        reply.heard.set()
         reply.timings.asr_ms = (now() - t0) * 1000
         reply.emit(pb.ConverseResponse(transcript=pb.Transcript(
             turn_id=reply.turn_id, text=reply.user_text, is_final=True, confidence=reply.confidence)), self.emit)

@@ -54,6 +54,13 @@ class GatewaySettings(ServiceSettings):
     end_of_turn_model: Literal["off", "smart_turn_v3"] = Field(
         "smart_turn_v3", description="Audio end-of-turn model sessions may choose (loaded at start when its package "
                                      "is installed: pipecat-ai, --no-deps); off: none.")
+    end_of_turn_text_model: Literal["off", "smollm2"] = Field(
+        "smollm2", description="Text end-of-turn model: with the audio model, it reads the transcript at each pause "
+                               "(of the speculative reply) and calls the turn unfinished when the words cannot end "
+                               "it ('I need a recipe for'); off: the audio model alone.")
+    end_of_turn_text_threshold: float = Field(
+        0.01, ge=0, lt=1, description="P(the words end the message) under which the text model calls a pause a "
+                                      "hesitation.")
     end_of_turn_threshold: float = Field(0.5, gt=0, lt=1, description="P(complete) at or above which the turn ends.")
     end_of_turn_max_wait_ms: int = Field(
         2000, ge=0, le=10000, description="After an 'incomplete' verdict, the turn still ends after this much "

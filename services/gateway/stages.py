@@ -1,7 +1,8 @@
 """How the gateway reaches the stages: one small interface (gRPC in production, in-process fakes in unit tests).
 
-Every method is a stream or a call of one stage, except :meth:`Stages.end_of_turn`: the audio end-of-turn model is
-small (Smart Turn v3.2, 8 MB) and runs in the gateway process, off the event loop. Failures surface as
+Every method is a stream or a call of one stage, except the end-of-turn models: :meth:`Stages.end_of_turn` (audio,
+Smart Turn v3.2, 8 MB) and :meth:`Stages.end_of_turn_text` (SmolLM2-135M on the transcript, about 100 MB) are small
+and run in the gateway process, off the event loop. Failures surface as
 :class:`StageError` with the stage's gRPC status and a message that names the stage; closing (or cancelling the
 consumer of) a stream cancels the call.
 """
@@ -75,6 +76,15 @@ class Stages(ABC):
         """P(the user finished the turn) for the utterance so far (PCM16 mono at ``rate``)."""
         raise FailedPrecondition("this gateway has no end-of-turn model")
 
+    @property
+    def reads_turn_text(self) -> bool:
+        """Whether :meth:`end_of_turn_text` has a model behind it."""
+        return False
+
+    async def end_of_turn_text(self, text: str) -> float:
+        """P(the words ``text`` end the user's message)."""
+        raise FailedPrecondition("this gateway has no text end-of-turn model")
+
     async def warm_llm(self, request: llm_pb2.GenerateRequest, timeout_s: float) -> None:
         """Run one generation to fill the LLM's prompt cache (warm-up; waits for the LLM to be ready)."""
         async for _ in self.generate(request, timeout_s):
@@ -117,6 +127,23 @@ class GrpcStages(Stages):
                     raise  # the default policy needs it: refuse to start without it
                 log.warning("end-of-turn model unavailable; sessions asking for it get one FAILED_PRECONDITION "
                             "error event and the silence timer", error=str(e))
+        self._text_eot: Any = None
+        if settings.end_of_turn_text_model == "smollm2" and self._eot is not None:
+            from models.turn.text_turn import TextTurn
+
+            try:
+                self._text_eot = TextTurn()
+            except (FileNotFoundError, ImportError, RuntimeError) as e:
+                log.warning("text end-of-turn model unavailable; the audio model judges pauses alone", error=str(e))
+
+    @property
+    def reads_turn_text(self) -> bool:
+        return self._text_eot is not None
+
+    async def end_of_turn_text(self, text: str) -> float:
+        if self._text_eot is None:
+            return await super().end_of_turn_text(text)
+        return await asyncio.to_thread(self._text_eot.probability, text)
 
     async def end_of_turn(self, pcm16: bytes, rate: int) -> float:
         if self._eot is None:

@@ -147,6 +147,17 @@ class EndOfTurnModel:
         return processed_ms >= silent_since + wait
 
 
+def pause_verdict(audio_p: float | None, text_p: float | None, text_threshold: float) -> float | None:
+    """One P(complete) for a pause from the audio model and the text model (None: that model had no answer).
+
+    The text model only ever says "not finished": words that cannot end a message (P under ``text_threshold``)
+    make the pause a hesitation whatever the audio says; otherwise the audio model decides. Without an audio
+    verdict there is none (the silence timer decides)."""
+    if text_p is not None and text_p < text_threshold:
+        return 0.0
+    return audio_p
+
+
 def make_policy(params: TurnParams) -> TurnPolicy:
     """The session's turn policy from its parameters."""
     if params.policy == "end_of_turn_model":

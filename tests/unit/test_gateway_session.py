@@ -728,6 +728,51 @@ def test_end_of_turn_model_waits_longer_when_the_turn_is_incomplete() -> None:
     assert 1999 <= timings["endpoint"] <= 2000 + 40, timings  # end_of_turn_max_wait_ms, not 800
 
 
+def test_words_that_cannot_end_a_turn_make_the_pause_a_hesitation() -> None:
+    """The audio model says complete, but the transcript of the speculative reply reads as unfinished: the gateway
+    waits end_of_turn_max_wait_ms (the user goes on after a real hesitation) instead of committing."""
+    stages = FakeStages()
+    stages.eot_probability = 0.95
+    stages.eot_text = {"heard 1000 ms": 0.0}  # FakeAsr's transcript of the tone
+
+    async def main() -> Client:
+        td = pb.TurnDetection(pause_ms=200, endpoint_ms=800, speculative=True,
+                              policy=pb.TURN_POLICY_END_OF_TURN_MODEL)
+        c = Client(gateway(stages, end_of_turn_max_wait_ms=2000), turn_detection=td)
+        await c.speak(np.concatenate([silence(500), tone(1000), silence(3000)]))
+        await c.wait_turns(1)
+        await c.close()
+        return c
+
+    c = run_virtual(main)
+    [done] = c.of("turn_completed")
+    timings = {t.name: t.duration_ms for t in done.timings}
+    assert 1999 <= timings["endpoint"] <= 2000 + 40, timings
+    assert stages.eot_texts == ["heard 1000 ms"]
+
+
+def test_words_that_can_end_a_turn_leave_the_verdict_to_the_audio_model() -> None:
+    stages = FakeStages()
+    stages.eot_probability = 0.95
+    stages.eot_text = {"heard 1000 ms": 0.3}
+
+    async def main() -> Client:
+        td = pb.TurnDetection(pause_ms=200, endpoint_ms=800, speculative=True,
+                              policy=pb.TURN_POLICY_END_OF_TURN_MODEL)
+        c = Client(gateway(stages, end_of_turn_max_wait_ms=2000), turn_detection=td)
+        await c.speak(np.concatenate([silence(500), tone(1000), silence(3000)]))
+        await c.wait_turns(1)
+        await c.close()
+        return c
+
+    c = run_virtual(main)
+    [done] = c.of("turn_completed")
+    timings = {t.name: t.duration_ms for t in done.timings}
+    # pause + the slower of (audio model) and (ASR final + text model), well before the 800 ms timer
+    assert 200 <= timings["endpoint"] <= 500, timings
+    assert stages.eot_texts == ["heard 1000 ms"] and done.speculative
+
+
 def test_end_of_turn_model_missing_falls_back_to_the_timer_with_one_error() -> None:
     c, _ = _eot_turn(None)
     [done] = c.of("turn_completed")

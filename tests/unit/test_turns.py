@@ -137,3 +137,14 @@ def test_a_stale_verdict_does_not_replace_a_newer_one() -> None:
     policy.judge(2000, 0.95)
     policy.judge(1000, 0.05)  # the verdict of an earlier pause arrives late
     assert policy.verdicts == {2000: 0.95}
+
+
+def test_pause_verdict_text_only_says_not_finished() -> None:
+    from services.gateway.turns import pause_verdict
+
+    assert pause_verdict(0.95, 0.0, 0.01) == 0.0  # words that cannot end a message: a hesitation
+    assert pause_verdict(0.95, 0.3, 0.01) == 0.95  # otherwise the audio model decides
+    assert pause_verdict(0.2, 0.9, 0.01) == 0.2  # the text never says "finished" on its own
+    assert pause_verdict(0.95, None, 0.01) == 0.95  # no text verdict (no model, no speculative reply)
+    assert pause_verdict(None, 0.9, 0.01) is None  # no audio verdict: the silence timer decides
+    assert pause_verdict(None, 0.0, 0.01) == 0.0
