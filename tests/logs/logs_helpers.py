@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,35 @@ FAST_GROUP = dict(
     poll_timeout_ms=200,
     shard_max_age_s=0.0,
 )
+
+
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[Any]:
+    """Every record in ``topic`` up to its end offsets now, in partition order.
+
+    A consumer that simply iterates until it has seen nothing for a few seconds reads nothing at all when the broker
+    has just restarted (its partitions have no leader yet for a moment): this one waits for the partitions, takes
+    their end offsets and reads up to them, or fails after ``timeout_s``.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not (parts := consumer.partitions_for_topic(topic)):
+            assert time.monotonic() < deadline, f"no partitions for {topic}"
+            time.sleep(0.2)
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        records: dict[TopicPartition, list[Any]] = {tp: [] for tp in tps}
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            assert time.monotonic() < deadline, f"only {sum(map(len, records.values()))} records of {topic} read"
+            for tp, batch in consumer.poll(timeout_ms=500).items():
+                records[tp].extend(batch)
+        return [r for tp in tps for r in records[tp]]
+    finally:
+        consumer.close()
 
 
 def logger(tmp, bootstrap: str = "", topic: str = "stepaudio.conversation.v1", **kw: Any) -> ConversationLogger:

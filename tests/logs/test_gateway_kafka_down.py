@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from logs_helpers import read_topic
 from speech_match import says
 
 from services.gateway.__main__ import build as build_gateway
@@ -82,16 +83,8 @@ async def test_session_with_kafka_down_is_not_slowed_and_events_arrive_later(
         assert await asyncio.to_thread(convlog.flush, 90), convlog.stats()
         await logged.stop(0)
 
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(topic, bootstrap_servers=kafka.bootstrap, auto_offset_reset="earliest",
-                             consumer_timeout_ms=5000, enable_auto_commit=False)
-    events = []
-    for record in consumer:
-        ev = logs_pb2.ConversationEvent()
-        ev.ParseFromString(record.value)
-        events.append(ev)
-    consumer.close()
+    records = await asyncio.to_thread(read_topic, kafka.bootstrap, topic)
+    events = [logs_pb2.ConversationEvent.FromString(r.value) for r in records]
     turns = [e for e in events if e.WhichOneof("payload") == "turn_recorded"]
     assert len(turns) == 2, [e.WhichOneof("payload") for e in events]
     assert len({e.event_id for e in events}) == len(events), "an event arrived twice"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from logs_helpers import FAST_GROUP, ROOT_HINT
+from logs_helpers import FAST_GROUP, ROOT_HINT, read_topic
 
 from services.gateway.__main__ import build as build_gateway
 from services.gateway.settings import GatewaySettings
@@ -123,19 +123,10 @@ async def test_pairs_from_gateway_traffic_survive_collector_and_broker_kills(
     finally:
         store.close()
     by_turn = Counter(p["turn_id"] for p in lines)
-    from kafka import KafkaConsumer
-
     from stepaudio.logs.v1 import logs_pb2
 
-    def topic_ids() -> list[str]:
-        consumer = KafkaConsumer(topic, bootstrap_servers=kafka.bootstrap, auto_offset_reset="earliest",
-                                 consumer_timeout_ms=5000, enable_auto_commit=False)
-        try:
-            return [logs_pb2.ConversationEvent.FromString(r.value).event_id for r in consumer]
-        finally:
-            consumer.close()
-
-    in_topic = await asyncio.to_thread(topic_ids)
+    in_topic = [logs_pb2.ConversationEvent.FromString(r.value).event_id
+                for r in await asyncio.to_thread(read_topic, kafka.bootstrap, topic)]
     print(f"\nevents sent {sent}, records in topic {len(in_topic)} ({len(set(in_topic))} distinct), events in "
           f"dataset {counters.get('events')}, duplicates dropped {counters.get('duplicates', 0)}, pairs "
           f"{len(lines)} for {len(turns)} expected turns, missing {len(set(turns) - set(by_turn))}")

@@ -11,8 +11,8 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
-from logs_helpers import ROOT_HINT, emit_session, logger, rlhf_settings
+from kafka import KafkaProducer
+from logs_helpers import ROOT_HINT, emit_session, logger, read_topic, rlhf_settings
 
 from services.rlhf.collector import Collector
 from stepaudio.logs.v1 import logs_pb2
@@ -188,9 +188,7 @@ def test_malformed_event_goes_to_dead_letter_and_collector_goes_on(kafka, tmp_pa
         assert len(_pairs_by_turn(col)) == turns
     finally:
         col.close()
-    c = KafkaConsumer(dlq, bootstrap_servers=kafka.bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=5000)
-    msgs = list(c)
-    c.close()
+    msgs = read_topic(kafka.bootstrap, dlq)
     assert len(msgs) == 2
     errors = sorted(dict(m.headers)["error"].decode() for m in msgs)
     assert errors[0].startswith("not a ConversationEvent") and "schema_version 99" in errors[1]
@@ -229,7 +227,5 @@ def test_emit_does_not_block_while_kafka_is_down(kafka, tmp_path):
         kafka.start()
     assert log.flush(60), log.stats()
     log.close()
-    c = KafkaConsumer(topic, bootstrap_servers=kafka.bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=5000)
-    got = Counter(logs_pb2.ConversationEvent.FromString(m.value).event_id for m in c)
-    c.close()
+    got = Counter(logs_pb2.ConversationEvent.FromString(m.value).event_id for m in read_topic(kafka.bootstrap, topic))
     assert set(got) == ids  # at-least-once on the wire; the collector dedupes on event_id

@@ -100,16 +100,21 @@ def _eot_detector(verdict: float | None) -> tuple[TurnDetector, EndOfTurnModel]:
     return det, det.policy
 
 
-@pytest.mark.parametrize(("verdict", "endpoint_at"), [
-    (None, 1500 + 500),  # no verdict yet: the silence timer (endpoint_ms 500)
-    (0.9, 1500 + 32),  # complete: the first update after the verdict ends the turn
-    (0.1, 1500 + 1500),  # incomplete: waits max_wait_ms (a hesitation, a list, a number)
+@pytest.mark.parametrize(("asked", "verdict", "endpoint_at"), [
+    (False, None, 1500 + 500),  # never asked about (no model): the silence timer (endpoint_ms 500)
+    (True, None, 1500 + 500),  # judged without an answer (a failed model): the timer
+    (True, 0.9, 1500 + 32),  # complete: the first update after the verdict ends the turn
+    (True, 0.1, 1500 + 1500),  # incomplete: waits max_wait_ms (a hesitation, a list, a number)
+    (True, "pending", 1500 + 1500),  # still being computed: waits for it, at most max_wait_ms
 ])
-def test_end_of_turn_model_policy(verdict: float | None, endpoint_at: float) -> None:
-    det, policy = _eot_detector(verdict)
+def test_end_of_turn_model_policy(asked: bool, verdict: float | str | None, endpoint_at: float) -> None:
+    det, policy = _eot_detector(None)
     det.on_vad(VadUpdate([], [(True, 500)], 500, FRAME), False)
     assert det.on_vad(VadUpdate([], [(False, 1500)], 1500, FRAME), False) == [UserPaused(1500)]
-    if verdict is not None:
+    if asked:
+        policy.asked(1500)
+    if asked and verdict != "pending":
+        assert not isinstance(verdict, str)
         policy.judge(1500, verdict)
     ends = [ms for ms in range(1532, 3500, 32) if det.on_vad(VadUpdate([], [], ms, FRAME), False)]
     assert ends and endpoint_at <= ends[0] < endpoint_at + 32, ends
