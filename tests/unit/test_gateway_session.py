@@ -21,7 +21,9 @@ from stepaudio.common.v1 import audio_pb2
 from stepaudio.conversation.v1 import conversation_pb2 as pb
 from stepaudio.logs.v1 import logs_pb2
 
-SETTINGS = dict(log_json=False, conversation_log=False, first_phrase_words=5, output_lead_ms=150)
+# The controller tests are written against the silence timer; the end-of-turn model tests choose their policy.
+SETTINGS = dict(log_json=False, conversation_log=False, first_phrase_words=5, output_lead_ms=150,
+                turn_policy="silence_timer")
 
 
 class _Context:
@@ -771,6 +773,29 @@ def test_words_that_can_end_a_turn_leave_the_verdict_to_the_audio_model() -> Non
     # pause + the slower of (audio model) and (ASR final + text model), well before the 800 ms timer
     assert 200 <= timings["endpoint"] <= 500, timings
     assert stages.eot_texts == ["heard 1000 ms"] and done.speculative
+
+
+def test_by_default_a_session_ends_its_turn_when_the_models_say_it_is_complete() -> None:
+    """No turn_detection in the session: the gateway's defaults (end-of-turn models, pause 100 ms) commit the
+    speculative reply on a "complete" verdict, well before the silence timer (endpoint_ms 500)."""
+    defaults = GatewaySettings()
+    assert defaults.turn_policy == "end_of_turn_model" and defaults.end_of_turn_text_model == "smollm2"
+    stages = FakeStages()
+    stages.eot_probability = 0.95
+    stages.eot_text = {}  # every transcript can end a message
+
+    async def main() -> Client:
+        c = Client(gateway(stages, turn_policy=defaults.turn_policy))
+        await c.speak(np.concatenate([silence(500), tone(1000), silence(3000)]))
+        await c.wait_turns(1)
+        await c.close()
+        return c
+
+    c = run_virtual(main)
+    [done] = c.of("turn_completed")
+    timings = {t.name: t.duration_ms for t in done.timings}
+    assert defaults.pause_ms <= timings["endpoint"] < defaults.endpoint_ms, timings
+    assert done.speculative and stages.eot_texts and not c.of("error")
 
 
 def test_end_of_turn_model_missing_falls_back_to_the_timer_with_one_error() -> None:
