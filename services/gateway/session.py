@@ -507,6 +507,8 @@ class Session:
             audio_p, text_p = await asyncio.gather(by_sound(), by_words())
             policy.judge(pause_at_ms, pause_verdict(audio_p, text_p, self.settings.end_of_turn_text_threshold))
             log.debug("end of turn judged", audio=audio_p, text=text_p, ms=round((now() - t0) * 1000, 1))
+            for decision in self.turns.reconsider():
+                self.apply(decision)
 
         policy.asked(pause_at_ms)
         task = asyncio.create_task(judge())

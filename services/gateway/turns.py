@@ -199,6 +199,7 @@ class TurnDetector:
         self._barge_ms: float | None = None  # speech start of a possible interruption of the bot
         self._tentative_ms: float | None = None  # a voiced frame that held the bot's audio, not yet speech
         self._out: list[Decision] = []
+        self.processed_ms = 0.0  # audio the VAD has judged so far
 
     @property
     def holding(self) -> bool:
@@ -220,6 +221,13 @@ class TurnDetector:
             else:
                 self._stopped(offset)
         self._progress(update.processed_ms)
+        return self._out
+
+    def reconsider(self) -> list[Decision]:
+        """The policy learned something (an end-of-turn verdict): the endpoint may be reached now, on the audio
+        already judged (a client that sent its whole question at once sends no more audio to wait for)."""
+        self._out = []
+        self._progress(self.processed_ms)
         return self._out
 
     def end_of_input(self, input_ms: float) -> list[Decision]:
@@ -261,6 +269,7 @@ class TurnDetector:
         self._out.append(UserPaused(offset_ms))
 
     def _progress(self, processed_ms: float) -> None:
+        self.processed_ms = max(self.processed_ms, processed_ms)
         p = self.params
         if self._tentative_ms is not None and processed_ms - self._tentative_ms > p.min_speech_ms + p.noise_hold_ms:
             self._tentative_ms = None  # the frame did not grow into speech: noise

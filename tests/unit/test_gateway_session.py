@@ -798,6 +798,26 @@ def test_by_default_a_session_ends_its_turn_when_the_models_say_it_is_complete()
     assert done.speculative and stages.eot_texts and not c.of("error")
 
 
+def test_a_verdict_ends_the_turn_without_waiting_for_more_audio() -> None:
+    """A client that sent its whole question at once (and keeps the stream open) sends no more audio: the verdict
+    itself must end the turn, not the next VAD update that never comes."""
+    stages = FakeStages()
+    stages.eot_probability = 0.95
+    stages.eot_text = {}
+    stages.eot_s = 0.3  # the verdict comes after the last of the audio has been judged by the VAD
+
+    async def main() -> Client:
+        c = Client(gateway(stages, turn_policy="end_of_turn_model"))
+        await c.speak(np.concatenate([silence(500), tone(1000), silence(250)]))  # the pause, then nothing
+        await c.wait_turns(1)
+        await c.close()
+        return c
+
+    c = run_virtual(main)
+    [done] = c.of("turn_completed")
+    assert done.outcome == pb.TURN_OUTCOME_COMPLETED and done.speculative
+
+
 def test_end_of_turn_model_missing_falls_back_to_the_timer_with_one_error() -> None:
     c, _ = _eot_turn(None)
     [done] = c.of("turn_completed")
