@@ -7,14 +7,13 @@ variance, as an 80-bin Whisper log-mel (80 x 800). Output: P(the speaker has fin
 
 from __future__ import annotations
 
-import importlib.util
-import sysconfig
 import threading
 from pathlib import Path
 
 import numpy as np
 
 from models.dsp import resample, whisper_log_mel
+from models.packaged import package_file
 
 MODEL_FILE = "smart-turn-v3.2-cpu.onnx"
 SAMPLE_RATE = 16000
@@ -23,17 +22,11 @@ WINDOW_S = 8
 
 def find_model() -> Path:
     """The ONNX file inside the installed pipecat-ai package (located without importing the package)."""
-    dirs: list[Path] = []
-    spec = importlib.util.find_spec("pipecat")
-    if spec is not None and spec.submodule_search_locations:
-        dirs += [Path(p) for p in spec.submodule_search_locations]
-    dirs.append(Path(sysconfig.get_paths()["purelib"]) / "pipecat")
-    for d in dirs:
-        f = d / "audio" / "turn" / "smart_turn" / "data" / MODEL_FILE
-        if f.is_file():
-            return f
-    raise FileNotFoundError(f"{MODEL_FILE} not found: install the pipecat-ai wheel with --no-deps "
-                            "(requirements/nodeps.txt) or give the file's path")
+    found = package_file("pipecat", f"audio/turn/smart_turn/data/{MODEL_FILE}")
+    if found is None:
+        raise FileNotFoundError(f"{MODEL_FILE} not found: install the pipecat-ai wheel with --no-deps "
+                                "(requirements/nodeps.txt) or give the file's path")
+    return found
 
 
 def features(audio16k: np.ndarray) -> np.ndarray:

