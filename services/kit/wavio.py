@@ -22,7 +22,8 @@ def decode_wav(data: bytes, max_seconds: float | None = None) -> tuple[np.ndarra
         kind = "MP3" if data[:3] == b"ID3" or data[:2] in (b"\xff\xfb", b"\xff\xf3") else (
             "FLAC" if data[:4] == b"fLaC" else "Ogg" if data[:4] == b"OggS" else "this")
         raise InvalidArgument(f"{kind} format is not supported: {FORMATS_HINT}")
-    fmt_tag, channels, rate, bits, payload = _parse_wav(data)
+    fmt_tag, channels, rate, bits, offset, size = _parse_wav(data)
+    payload = data[offset:offset + size]  # a streamed file may claim more than it holds
     if channels < 1 or channels > 32 or rate < 4000 or rate > 192000:
         raise InvalidArgument(f"WAV header says {channels} channels at {rate} Hz: {FORMATS_HINT}")
     frame = channels * bits // 8
@@ -49,7 +50,22 @@ def decode_wav(data: bytes, max_seconds: float | None = None) -> tuple[np.ndarra
     return np.clip(x, -1.0, 1.0).astype(np.float32), rate
 
 
-def _parse_wav(data: bytes) -> tuple[int, int, int, int, bytes]:
+def wav_stream_head(first: bytes) -> tuple[int, int, int]:
+    """(sample rate, channels, header length) of a PCM16 WAV file sent as a stream, from its first bytes (a file
+    streamed whole, as Riva's clients send one: the header in the first chunk, samples after it)."""
+    fmt_tag, channels, rate, bits, offset, _ = _parse_wav(first)
+    if fmt_tag != 1 or bits != 16:
+        raise InvalidArgument(f"the streamed WAV holds format {fmt_tag}, {bits}-bit samples: stream PCM16 "
+                              "(LINEAR_PCM), or send the file whole to the offline call")
+    if channels < 1 or channels > 32 or rate < 4000 or rate > 192000:
+        raise InvalidArgument(f"WAV header says {channels} channels at {rate} Hz: stream PCM16 mono or stereo")
+    return rate, channels, offset
+
+
+def _parse_wav(data: bytes) -> tuple[int, int, int, int, int, int]:
+    """(format tag, channels, rate, bits, payload offset, payload size as the header claims it)."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise InvalidArgument(f"not a WAV file (no RIFF/WAVE header): {FORMATS_HINT}")
     pos, fmt = 12, None
     while pos + 8 <= len(data):
         cid, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
@@ -62,9 +78,10 @@ def _parse_wav(data: bytes) -> tuple[int, int, int, int, bytes]:
         elif cid == b"data":
             if fmt is None:
                 break
-            return (*fmt, data[pos + 8:pos + 8 + size])  # a streamed file may claim more than it holds
+            return (*fmt, pos + 8, size)
         pos += 8 + size + (size & 1)
-    raise InvalidArgument(f"not a readable WAV file (no fmt/data chunk): {FORMATS_HINT}")
+    raise InvalidArgument(f"not a readable WAV file (no fmt/data chunk in its first {len(data)} bytes): "
+                          f"{FORMATS_HINT}")
 
 
 def wav_header(rate: int, n_bytes: int | None = None) -> bytes:

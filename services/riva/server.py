@@ -22,10 +22,10 @@ import grpc
 import numpy as np
 from riva.client.proto import riva_asr_pb2, riva_asr_pb2_grpc, riva_audio_pb2, riva_tts_pb2, riva_tts_pb2_grpc
 
-from services.kit.audio import SUPPORTED_RATES, float_to_pcm16, pcm16_to_float, resample
+from services.kit.audio import SUPPORTED_RATES, StreamResampler, float_to_pcm16, pcm16_to_float, resample
 from services.kit.clients import channel
 from services.kit.errors import InvalidArgument, StageError
-from services.kit.wavio import decode_wav
+from services.kit.wavio import decode_wav, wav_stream_head
 from services.riva.settings import RivaSettings
 from stepaudio.common.v1 import audio_pb2
 from stepaudio.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
@@ -70,6 +70,32 @@ def _language(code: str) -> str:
 
 async def _one(audio: AsyncIterator[bytes]) -> AsyncIterator[AsyncIterator[bytes]]:
     yield audio
+
+
+_EMPTY = riva_asr_pb2.StreamingRecognizeRequest()
+
+
+async def _stream_head(requests: AsyncIterator[Any], limit: int = 65536) -> bytes:
+    """The stream's first audio bytes: the first chunk, or, when it opens a WAV header, enough chunks to hold the
+    whole header (``limit`` bytes at most)."""
+    head = b""
+    async for req in requests:
+        head += bytes(req.audio_content)
+        if not head:
+            continue
+        if head[:4] != b"RIFF" and len(head) >= 4:
+            break
+        at = head.find(b"data", 12)
+        if (at >= 0 and len(head) >= at + 8) or len(head) >= limit:
+            break
+    return head
+
+
+async def _chain(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """The remaining requests, after an empty one that lets the caller flush what it holds from before."""
+    yield _EMPTY
+    async for req in requests:
+        yield req
 
 
 class _Segment:
@@ -156,31 +182,46 @@ class RivaAsr(riva_asr_pb2_grpc.RivaSpeechRecognitionServicer):
     async def StreamingRecognize(  # noqa: N802
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        first = await anext(aiter(request_iterator), None)
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
         if first is None or not first.HasField("streaming_config"):
             raise InvalidArgument("the first StreamingRecognizeRequest must carry streaming_config")
         sc = first.streaming_config
         self._check(sc.config)
-        channels = sc.config.audio_channel_count or 1
-        rate = sc.config.sample_rate_hertz or 16000
         if sc.config.encoding not in (riva_audio_pb2.AudioEncoding.ENCODING_UNSPECIFIED, LINEAR_PCM):
             pcm_of(b"", sc.config)  # raises with the message
+        head = await _stream_head(requests)
+        rate, channels = sc.config.sample_rate_hertz or 16000, sc.config.audio_channel_count or 1
+        if head[:4] == b"RIFF":  # a WAV file streamed whole (transcribe_file.py): its header gives the format
+            rate, channels, offset = wav_stream_head(head)
+            head = head[offset:]
+        elif rate not in SUPPORTED_RATES and not 4000 <= rate <= 192000:
+            raise InvalidArgument(f"sample_rate_hertz={rate} is not a usable rate")
+        out_rate = rate if rate in SUPPORTED_RATES else 16000
+        resampler = StreamResampler(rate, out_rate)
+        frame = 2 * channels
         processed = 0.0
 
         async def chunks() -> AsyncIterator[bytes]:
             nonlocal processed
-            out_rate_known = rate in SUPPORTED_RATES
-            async for req in request_iterator:
-                data = bytes(req.audio_content)
+            carry = head
+            async for req in _chain(requests):
+                data = carry + bytes(req.audio_content)
+                whole = len(data) // frame * frame  # chunks need not end on a sample: the rest waits
+                data, carry = data[:whole], data[whole:]
                 if not data:
                     continue
-                pcm, _ = pcm_of(data, sc.config) if (channels > 1 or not out_rate_known) else (data, rate)
-                if len(data) % 2:
-                    raise InvalidArgument("audio_content must hold whole PCM16 samples")
-                processed += len(data) / 2 / channels / rate
-                yield pcm
+                processed += len(data) / frame / rate
+                if channels == 1 and rate == out_rate:
+                    yield data
+                    continue
+                x = pcm16_to_float(data)
+                x = resampler(x.reshape(-1, channels).mean(axis=1) if channels > 1 else x)
+                if x.size:
+                    yield float_to_pcm16(x)
+            if rate != out_rate and (tail := resampler(np.zeros(0, np.float32), last=True)).size:
+                yield float_to_pcm16(tail)
 
-        out_rate = rate if rate in SUPPORTED_RATES else 16000
         stop_ms = sc.config.endpointing_config.stop_history if sc.config.HasField("endpointing_config") else 0
         segments = self._utterances(chunks(), out_rate, stop_ms if stop_ms > 0 else self.s.stop_history_ms) \
             if self.s.vad_addr else _one(chunks())

@@ -7,8 +7,9 @@ import wave
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
-from speech_match import says
+from speech_match import letters, says
 
 DATA = Path(__file__).parents[1] / "data"
 QUESTION = (DATA / "question.txt").read_text().strip()
@@ -62,6 +63,50 @@ def test_streaming_recognize_gives_one_final_per_utterance(riva_addr: str) -> No
     finals = [r.alternatives[0].transcript for response in asr.streaming_response_generator(
         audio_chunks=iter(chunks), streaming_config=streaming) for r in response.results if r.is_final]
     assert len(finals) == 2 and all(says(f, QUESTION) for f in finals), finals
+
+
+@pytest.mark.parametrize("rate,channels", [(44100, 1), (48000, 2)])
+def test_streaming_a_wav_file_whole_as_transcribe_file_py_does(riva_addr: str, tmp_path: Path, rate: int,
+                                                              channels: int) -> None:
+    """transcribe_file.py streams the file itself, header in the first chunk, and sets no rate in the config: the
+    header gives the format. talk.py's own output (44.1 kHz, speech to the last sample) and a stereo 48 kHz file are
+    each heard once, with nothing repeated or left over."""
+    import riva.client
+
+    said = "Hello from the platform. This is a second sentence."
+    tts = riva.client.SpeechSynthesisService(riva.client.Auth(uri=riva_addr))
+    pcm = np.frombuffer(tts.synthesize(said, language_code="en-US", sample_rate_hz=rate).audio, "<i2")
+    path = tmp_path / "talk.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(np.repeat(pcm, channels).tobytes())
+    asr = riva.client.ASRService(riva.client.Auth(uri=riva_addr))
+    streaming = riva.client.StreamingRecognitionConfig(config=riva.client.RecognitionConfig(
+        language_code="en-US", max_alternatives=1, enable_automatic_punctuation=True), interim_results=True)
+    finals = []
+    with riva.client.AudioChunkFileIterator(str(path), 1600, delay_callback=None) as chunks:
+        for response in asr.streaming_response_generator(audio_chunks=chunks, streaming_config=streaming):
+            finals += [r.alternatives[0].transcript for r in response.results if r.is_final]
+    assert len(finals) == 1 and says(finals[0], said), finals
+    assert letters(finals[0]).count(letters("Hello from")) == 1, finals
+
+
+def test_streaming_chunks_that_split_samples(riva_addr: str) -> None:
+    """Raw PCM16 in chunks of odd byte counts (a sample split across two requests) is heard as sent."""
+    import riva.client
+
+    with wave.open(str(DATA / "question.wav")) as w:
+        rate, pcm = w.getframerate(), w.readframes(w.getnframes())
+    config = riva.client.RecognitionConfig(encoding=riva.client.AudioEncoding.LINEAR_PCM, sample_rate_hertz=rate,
+                                           language_code="en-US", max_alternatives=1)
+    streaming = riva.client.StreamingRecognitionConfig(config=config, interim_results=False)
+    chunks = [pcm[i:i + 1001] for i in range(0, len(pcm), 1001)]
+    asr = riva.client.ASRService(riva.client.Auth(uri=riva_addr))
+    finals = [r.alternatives[0].transcript for response in asr.streaming_response_generator(
+        audio_chunks=iter(chunks), streaming_config=streaming) for r in response.results if r.is_final]
+    assert len(finals) == 1 and says(finals[0], QUESTION), finals
 
 
 def test_synthesize_and_synthesize_online(riva_addr: str, tmp_path: Path) -> None:
