@@ -26,6 +26,11 @@ class TokenizerSettings(ServiceSettings):
         25.0, description="Audio up to this long runs Whisper on a window fitted to it (faster); longer audio "
                           "uses the standard 30 s windows."
     )
+    speech_gate: float = Field(
+        0.4, ge=0.0, le=1.0, description="Silero speech probability below which audio counts as no speech, so "
+                                         "Whisper never transcribes it (it hears words in noise: 'I'm not going to "
+                                         "do it.' in a real noise recording); 0 turns the check off."
+    )
     workers: int = Field(2, description="Transcriptions that may run at once.")
     partial_interval_ms: int = Field(1000, description="Default minimum audio between partial transcripts, in ms.")
     max_audio_s: float = Field(120.0, description="Longest audio accepted in one stream, in seconds.")

@@ -32,3 +32,22 @@ def test_repeats_itself() -> None:
     assert repeats_itself("turn it on, turn it on")
     assert not repeats_itself("Side right.") and not repeats_itself("What is the capital of France?")
     assert not repeats_itself("") and not repeats_itself("right")
+
+
+@pytest.mark.parametrize(("clip", "speech"), [
+    ("/usr/share/sounds/alsa/Noise.wav", False),  # a real recording of noise: Whisper alone hears a sentence
+    ("/usr/share/sounds/alsa/Front_Left.wav", True),  # a person, 48 kHz
+    ("tests/data/question.wav", True),
+])
+@pytest.mark.parametrize("rate", [48000, 8000])
+def test_speech_gate(clip: str, speech: bool, rate: int) -> None:
+    from pathlib import Path
+
+    from services.kit.audio import read_wav, resample
+    from services.tokenizer.backends.whisper import hears_speech
+
+    path = Path(clip) if clip.startswith("/") else Path(__file__).parents[2] / clip
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: apt-get install alsa-utils (.ci/run does)")
+    x, src = read_wav(path)
+    assert hears_speech(resample(resample(x, src, rate), rate, 16000), 0.4) is speech
