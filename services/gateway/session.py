@@ -105,6 +105,25 @@ class Window:
     vad: VadStream
 
 
+# Words a phrase cannot end on without halting mid-thought (articles, prepositions, conjunctions, auxiliaries,
+# possessives): the first phrase runs on to the next word instead.
+_DANGLING = frozenset(
+    "a an the of to in on at for with from by about into over under and or but nor so if than as that this these "
+    "those is are was were be been am has have had do does did will would can could shall should may might must "
+    "my your his her its our their not no very".split())
+
+
+def first_phrase_ready(text: str, min_words: int) -> bool:
+    """Whether a reply's opening words make a first phrase worth speaking now: a clause mark ends it, or it has
+    ``min_words`` words and its last word can end a phrase ("Tokyo is currently", not "The capital of")."""
+    words = text.split()
+    if not words or min_words <= 0:
+        return False
+    if words[-1][-1] in ",;:.!?":
+        return True
+    return len(words) >= min_words and words[-1].lower().strip("\"'()") not in _DANGLING
+
+
 class Speaker:
     """A reply's voice: text in as the LLM writes it, TTS audio out to the client at playback pace."""
 
@@ -150,6 +169,7 @@ class Speaker:
         self._queue.put_nowait(tts_pb2.TextPiece(text=delta))
         if delta.rstrip()[-1:] in (".", "!", "?"):
             self._owe()
+            self._first_flushed = True  # a whole first sentence: the TTS speaks it; later text waits for sentences
 
     def say(self, text: str) -> None:
         """A whole phrase outside the LLM's text (the tool filler), spoken at once."""
@@ -157,8 +177,7 @@ class Speaker:
         self._owe()
 
     def _first_phrase_ready(self) -> bool:
-        words = self._text.split()
-        return bool(words) and (words[-1][-1] in ",;:.!?" or len(words) >= self.s.settings.first_phrase_words)
+        return first_phrase_ready(self._text, self.s.settings.first_phrase_words)
 
     async def finish(self) -> None:
         """No more text: wait until all of it was spoken."""
@@ -505,7 +524,8 @@ class Session:
         async def judge() -> None:
             t0 = now()
             audio_p, text_p = await asyncio.gather(by_sound(), by_words())
-            policy.judge(pause_at_ms, pause_verdict(audio_p, text_p, self.settings.end_of_turn_text_threshold))
+            policy.judge(pause_at_ms, pause_verdict(audio_p, text_p, self.settings.end_of_turn_text_threshold,
+                                                    policy.threshold))
             log.debug("end of turn judged", audio=audio_p, text=text_p, ms=round((now() - t0) * 1000, 1))
             for decision in self.turns.reconsider():
                 self.apply(decision)

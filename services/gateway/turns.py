@@ -116,8 +116,9 @@ class EndOfTurnModel:
     """End-of-turn models judge each pause (the session asks with :meth:`asked` and answers with :meth:`judge`).
 
     P(complete) >= ``threshold`` ends the turn at once (unless a voiced frame came after the pause: then the
-    timer, as a resumption that VAD has not confirmed must not be cut off); below it the turn ends only after
-    ``max_wait_ms`` of silence (hesitations, lists, numbers). While the verdict is being computed the turn waits for
+    timer, as a resumption that VAD has not confirmed must not be cut off); below it the turn ends after a silence
+    that grows as P falls, from ``endpoint_ms`` just under the threshold to ``max_wait_ms`` at 0 (hesitations,
+    lists, numbers). While the verdict is being computed the turn waits for
     it, at most ``max_wait_ms`` (a slow model must not let the timer cut a hesitation); a pause judged without an
     answer (no model, a failed one) or never asked about gets the silence timer."""
 
@@ -145,28 +146,34 @@ class EndOfTurnModel:
         if pause_at_ms not in self.verdicts:
             # being judged: wait for the verdict (at most max_wait); never asked: the timer
             pending = pause_at_ms == self.latest_pause_ms
-            wait = max(self.max_wait_ms, self.endpoint_ms) if pending else self.endpoint_ms
-            return processed_ms >= silent_since + wait
+            timer = max(self.max_wait_ms, self.endpoint_ms) if pending else self.endpoint_ms
+            return processed_ms >= silent_since + timer
         p = self.verdicts[pause_at_ms]
+        wait: float
         if p is None:
             wait = self.endpoint_ms  # judged without an answer
         elif p >= self.threshold:
             if last_voice_ms <= pause_at_ms:
                 return True  # complete: no need to wait out the silence
             wait = self.endpoint_ms
-        else:
-            wait = max(self.max_wait_ms, self.endpoint_ms)  # incomplete: give the user time
+        else:  # incomplete: give the user time, the more the surer the model is
+            wait = float(self.max_wait_ms) - (self.max_wait_ms - self.endpoint_ms) * max(p, 0.0) / self.threshold
+            wait = max(wait, self.endpoint_ms)
         return processed_ms >= silent_since + wait
 
 
-def pause_verdict(audio_p: float | None, text_p: float | None, text_threshold: float) -> float | None:
+def pause_verdict(audio_p: float | None, text_p: float | None, text_threshold: float,
+                  threshold: float) -> float | None:
     """One P(complete) for a pause from the audio model and the text model (None: that model had no answer).
 
     The text model only ever says "not finished": words that cannot end a message (P under ``text_threshold``)
-    make the pause a hesitation whatever the audio says; otherwise the audio model decides. Without an audio
-    verdict there is none (the silence timer decides)."""
+    pull the verdict under ``threshold``, to 0 when the audio model also hears an unfinished turn (or has no
+    answer), to half the threshold when it hears a finished one: the two disagree, so the turn waits halfway
+    between the silence timer and the longest wait (an ASR slip such as "how many kilometres or ten miles" is
+    answered soon; a hesitation the audio model misses still gets time). Otherwise the audio model decides;
+    without an audio verdict and no veto there is none (the silence timer decides)."""
     if text_p is not None and text_p < text_threshold:
-        return 0.0
+        return threshold / 2 if audio_p is not None and audio_p >= threshold else 0.0
     return audio_p
 
 

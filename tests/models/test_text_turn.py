@@ -9,7 +9,7 @@ from models.turn.text_turn import TextTurn, normalise
 from services.gateway.settings import GatewaySettings
 
 CUT = ["Please tell me", "I need a recipe for", "Can you convert", "My favourite number is", "I would like to know",
-       "What is the weather", "What is twelve times"]
+       "What is the weather", "What is twelve times", "My favorite numbers"]  # the last: Whisper at a cut "is"
 FINISHED = ["What is the capital of France?", "Tell me a joke.", "What time is it?", "Hello.",
             "Can you convert ten miles to kilometres?", "What is the weather like in Paris today?",
             "I need a recipe for chocolate cake.", "How far away is the moon?"]

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 import numpy as np
+import pytest
 from gateway_fakes import RATE, FakeConvlog, FakeStages, LlmScript, run_virtual, silence, tone
 
 from services.gateway.server import ConversationServicer
@@ -22,7 +23,7 @@ from stepaudio.conversation.v1 import conversation_pb2 as pb
 from stepaudio.logs.v1 import logs_pb2
 
 # The controller tests are written against the silence timer; the end-of-turn model tests choose their policy.
-SETTINGS = dict(log_json=False, conversation_log=False, first_phrase_words=5, output_lead_ms=150,
+SETTINGS = dict(log_json=False, conversation_log=False, first_phrase_words=3, output_lead_ms=150,
                 turn_policy="silence_timer")
 
 
@@ -125,9 +126,9 @@ def test_spoken_turn_speculates_at_the_pause_and_paces_the_audio() -> None:
     offsets = [a.audio.offset_ms for a in c.of("audio_out")]
     for t, off in zip(audio_t, offsets, strict=True):
         assert off / 1000 - (t - audio_t[0]) <= 0.15 + 1e-6
-    assert sum(len(a.audio.data) for a in c.of("audio_out")) == (5 * 22050 // 4 + 22050 // 4) * 2  # all of it
+    assert sum(len(a.audio.data) for a in c.of("audio_out")) == (4 * 22050 // 4 + 2 * 22050 // 4) * 2  # all of it
     # The eager first phrase: five words, then the rest at the sentence end.
-    assert stages.tts_texts == ["The capital of France is", "Paris."]
+    assert stages.tts_texts == ["The capital of France", "is Paris."]  # not "The capital of"
 
 
 def test_pause_then_resume_discards_the_speculation_and_hears_the_whole_utterance() -> None:
@@ -726,7 +727,7 @@ def test_end_of_turn_model_commits_a_complete_turn_before_the_silence_timer() ->
 
 
 def test_end_of_turn_model_waits_longer_when_the_turn_is_incomplete() -> None:
-    c, _ = _eot_turn(0.05)
+    c, _ = _eot_turn(0.0)
     [done] = c.of("turn_completed")
     timings = {t.name: t.duration_ms for t in done.timings}
     assert 1999 <= timings["endpoint"] <= 2000 + 40, timings  # end_of_turn_max_wait_ms, not 800
@@ -734,11 +735,12 @@ def test_end_of_turn_model_waits_longer_when_the_turn_is_incomplete() -> None:
 
 def test_words_that_cannot_end_a_turn_make_the_pause_a_hesitation() -> None:
     """The audio model says complete, but the transcript of the speculative reply reads as unfinished: the gateway
-    waits end_of_turn_max_wait_ms (the user goes on after a real hesitation) instead of committing."""
+    waits halfway between the silence timer and end_of_turn_max_wait_ms (the user goes on after a real
+    hesitation) instead of committing."""
     c, stages = _eot_turn(0.95, text={"heard 1000 ms": 0.0})  # FakeAsr's transcript of the tone
     [done] = c.of("turn_completed")
     timings = {t.name: t.duration_ms for t in done.timings}
-    assert 1999 <= timings["endpoint"] <= 2000 + 40, timings
+    assert 1399 <= timings["endpoint"] <= 1400 + 40, timings  # (800 + 2000) / 2
     assert stages.eot_texts == ["heard 1000 ms"]
 
 
@@ -816,3 +818,19 @@ def test_end_of_turn_policy_refused_when_the_gateway_has_no_model() -> None:
         assert e.code.name == "FAILED_PRECONDITION" and "TURN_POLICY_SILENCE_TIMER" in e.message
     else:
         raise AssertionError("the session should have been refused")
+
+
+@pytest.mark.parametrize(("text", "ready"), [
+    ("The capital", False),  # under three words
+    ("The capital of", False),  # three words, but a phrase does not end on "of"
+    ("The capital of France", True),
+    ("Tokyo is currently", True),
+    ("12 * 7", True),
+    ("Well,", True),  # a clause mark ends a phrase at once
+    ("It is a", False),
+    ("", False),
+])
+def test_first_phrase_ends_on_a_word_that_can_end_it(text: str, ready: bool) -> None:
+    from services.gateway.session import first_phrase_ready
+
+    assert first_phrase_ready(text, 3) is ready

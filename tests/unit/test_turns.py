@@ -104,7 +104,9 @@ def _eot_detector(verdict: float | None) -> tuple[TurnDetector, EndOfTurnModel]:
     (False, None, 1500 + 500),  # never asked about (no model): the silence timer (endpoint_ms 500)
     (True, None, 1500 + 500),  # judged without an answer (a failed model): the timer
     (True, 0.9, 1500 + 32),  # complete: the first update after the verdict ends the turn
-    (True, 0.1, 1500 + 1500),  # incomplete: waits max_wait_ms (a hesitation, a list, a number)
+    (True, 0.0, 1500 + 1500),  # surely incomplete: waits max_wait_ms (a hesitation, a list, a number)
+    (True, 0.25, 1500 + 1000),  # half the threshold: halfway between endpoint_ms and max_wait_ms
+    (True, 0.49, 1500 + 520),  # just under the threshold: about the silence timer
     (True, "pending", 1500 + 1500),  # still being computed: waits for it, at most max_wait_ms
 ])
 def test_end_of_turn_model_policy(asked: bool, verdict: float | str | None, endpoint_at: float) -> None:
@@ -147,9 +149,10 @@ def test_a_stale_verdict_does_not_replace_a_newer_one() -> None:
 def test_pause_verdict_text_only_says_not_finished() -> None:
     from services.gateway.turns import pause_verdict
 
-    assert pause_verdict(0.95, 0.0, 0.01) == 0.0  # words that cannot end a message: a hesitation
-    assert pause_verdict(0.95, 0.3, 0.01) == 0.95  # otherwise the audio model decides
-    assert pause_verdict(0.2, 0.9, 0.01) == 0.2  # the text never says "finished" on its own
-    assert pause_verdict(0.95, None, 0.01) == 0.95  # no text verdict (no model, no speculative reply)
-    assert pause_verdict(None, 0.9, 0.01) is None  # no audio verdict: the silence timer decides
-    assert pause_verdict(None, 0.0, 0.01) == 0.0
+    assert pause_verdict(0.2, 0.0, 0.03, 0.5) == 0.0  # both hear an unfinished turn: the longest wait
+    assert pause_verdict(0.95, 0.0, 0.03, 0.5) == 0.25  # they disagree: halfway
+    assert pause_verdict(0.95, 0.3, 0.03, 0.5) == 0.95  # otherwise the audio model decides
+    assert pause_verdict(0.2, 0.9, 0.03, 0.5) == 0.2  # the text never says "finished" on its own
+    assert pause_verdict(0.95, None, 0.03, 0.5) == 0.95  # no text verdict (no model, no speculative reply)
+    assert pause_verdict(None, 0.9, 0.03, 0.5) is None  # no audio verdict: the silence timer decides
+    assert pause_verdict(None, 0.0, 0.03, 0.5) == 0.0
