@@ -51,3 +51,13 @@ def test_speech_gate(clip: str, speech: bool, rate: int) -> None:
         pytest.fail(f"{path} is missing: apt-get install alsa-utils (.ci/run does)")
     x, src = read_wav(path)
     assert hears_speech(resample(resample(x, src, rate), rate, 16000), 0.4) is speech
+
+
+def test_restarts() -> None:
+    from services.tokenizer.backends.whisper import restarts
+
+    assert restarts("Hello from the platform, this is a second sentence. Hello from the")
+    assert restarts("Call my mother. Call my")
+    assert not restarts("Hello from the platform.")
+    assert not restarts("Yes, yes.")  # one word: a person says that
+    assert not restarts("The cat saw the dog.")
