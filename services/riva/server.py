@@ -72,8 +72,6 @@ async def _one(audio: AsyncIterator[bytes]) -> AsyncIterator[AsyncIterator[bytes
     yield audio
 
 
-_EMPTY = riva_asr_pb2.StreamingRecognizeRequest()
-
 
 async def _stream_head(requests: AsyncIterator[Any], limit: int = 65536) -> bytes:
     """The stream's first audio bytes: the first chunk, or, when it opens a WAV header, enough chunks to hold the
@@ -91,11 +89,11 @@ async def _stream_head(requests: AsyncIterator[Any], limit: int = 65536) -> byte
     return head
 
 
-async def _chain(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    """The remaining requests, after an empty one that lets the caller flush what it holds from before."""
-    yield _EMPTY
+async def _audio(head: bytes, requests: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    """The stream's audio bytes: ``head`` (what :func:`_stream_head` read), then each request's."""
+    yield head
     async for req in requests:
-        yield req
+        yield bytes(req.audio_content)
 
 
 class _Segment:
@@ -204,9 +202,9 @@ class RivaAsr(riva_asr_pb2_grpc.RivaSpeechRecognitionServicer):
 
         async def chunks() -> AsyncIterator[bytes]:
             nonlocal processed
-            carry = head
-            async for req in _chain(requests):
-                data = carry + bytes(req.audio_content)
+            carry = b""
+            async for data in _audio(head, requests):
+                data = carry + data
                 whole = len(data) // frame * frame  # chunks need not end on a sample: the rest waits
                 data, carry = data[:whole], data[whole:]
                 if not data:

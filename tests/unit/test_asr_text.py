@@ -61,3 +61,13 @@ def test_restarts() -> None:
     assert not restarts("Hello from the platform.")
     assert not restarts("Yes, yes.")  # one word: a person says that
     assert not restarts("The cat saw the dog.")
+
+
+def test_within_drops_text_written_into_the_padding() -> None:
+    from services.tokenizer.backends.whisper import within
+
+    eot, ts = 50256, 50363  # Whisper tiny.en: end of text, timestamp 0.00; timestamp k is ts + k (0.02 s each)
+    ids = [ts + 0, 11, 12, ts + 100, ts + 100, 13, ts + 140, ts + 150, 11, 12, 13, ts + 250, eot]
+    assert within(ids, eot, ts, 2.9) == [11, 12, 13]  # the stretch from 3.0 s is past a 2.9 s clip: invented
+    assert within(ids, eot, ts, 3.5) == [11, 12, 13, 11, 12, 13]  # inside a longer clip it was said
+    assert within([ts, 11, 12, eot], eot, ts, 1.0) == [11, 12]  # a stretch with no closing timestamp
