@@ -81,6 +81,9 @@ async def one_turn(addr: str, audio: np.ndarray, end_ms: float, td: pb.TurnDetec
     reply = pcm16_to_float(bytes(turn.audio))
     return {
         "inner_silence_ms": float(longest_inner_silence_ms(reply, result.sample_rate_hz)),
+        "seam_silence_ms": sentence_seam_silence_ms(
+            [e.audio_out for e in result.events if e.WhichOneof("event") == "audio_out"
+             and e.audio_out.turn_id == done.turn_id], result.sample_rate_hz),
         "ttfa_ms": (turn.first_audio_at - sent_end) * 1000 if turn.first_audio_at else float("nan"),
         "audible_ttfa_ms": ((turn.first_audio_at - sent_end) * 1000 + leading_silence_ms(reply, result.sample_rate_hz)
                             if turn.first_audio_at else float("nan")),
@@ -247,6 +250,26 @@ def false_endpoint(res: dict) -> bool:
             or (heard is not None and bool(words) and not any(w in heard.lower() for w in words)))
 
 
+def sentence_seam_silence_ms(outs: list, rate: int) -> float:
+    """The longest silence where one TTS phrase meets the next inside a sentence (the phrase before it does not end
+    with . ! or ?): the trailing silence of one plus the leading silence of the next. The gateway sends each
+    phrase's text with its first audio, so the phrases are told apart by that text."""
+    phrases: list[tuple[str, list[bytes]]] = []
+    for out in outs:
+        if out.text or not phrases:
+            phrases.append((out.text, []))
+        phrases[-1][1].append(bytes(out.audio.data))
+    longest = 0.0
+    for (text, before), (_, after) in zip(phrases, phrases[1:], strict=False):
+        if text.rstrip().endswith((".", "!", "?")):
+            continue
+        a, b = pcm16_to_float(b"".join(before)), pcm16_to_float(b"".join(after))
+        loud_a, loud_b = np.flatnonzero(np.abs(a) > 0.01), np.flatnonzero(np.abs(b) > 0.01)
+        if loud_a.size and loud_b.size:
+            longest = max(longest, ((a.size - 1 - loud_a[-1]) + loud_b[0]) * 1000 / rate)
+    return longest
+
+
 def leading_silence_ms(audio: np.ndarray, rate: int) -> float:
     loud = np.flatnonzero(np.abs(audio) > 0.01)
     return float(loud[0]) * 1000 / rate if len(loud) else float("nan")
@@ -344,7 +367,8 @@ def main() -> int:
           f"the gateway's ({gw.turn_policy}, pause {gw.pause_ms} ms, endpoint {gw.endpoint_ms} ms)")
     head = f"{'config':<12}{'median ms':>10}{'p95 ms':>9}{'audible med':>13}"
     head += "".join(f"{'med/' + a[:4]:>10}{'p95/' + a[:4]:>10}" for a in anchors)
-    print(head + f"{'false endp':>12}{'spec commit':>13}{'inner sil max':>15}{'added sil max':>15}")
+    print(head + f"{'false endp':>12}{'spec commit':>13}{'inner sil max':>15}{'added sil max':>15}"
+          f"{'seam sil max':>14}")
     for name, rows in results.items():
         spec = sum(x["speculative"] for x in rows)
         discards = sum(x["discards"] for x in rows)
@@ -352,12 +376,15 @@ def main() -> int:
         hes = [x for x, k in zip(rows, kinds[name], strict=True) if k == "hesitation"]
         false = sum(1 for x in hes if false_endpoint(x))
         line = f"{name:<12}{med[name]:>10.0f}{q95[name]:>9.0f}{statistics.median(ttfa(name, 'audible_ttfa_ms')):>13.0f}"
-        line += "".join(f"{med[name] / med[a]:>10.2f}{q95[name] / q95[a]:>10.2f}" for a in anchors)
+        line += "".join(f"{med[name] / med[a]:>10.3f}{q95[name] / q95[a]:>10.3f}" for a in anchors)
         added = [x["inner_silence_ms"] - whole.inner_silence_ms(x.get("reply_text", "")) for x in rows]
+        seams = [x.get("seam_silence_ms", float("nan")) for x in rows]
+        seam = f"{np.nanmax(seams):>11.0f} ms" if not all(np.isnan(seams)) else f"{'-':>14}"
         print(line + f"{f'{false}/{len(hes)}':>12}{commit:>13}"
-              f"{np.nanmax([x['inner_silence_ms'] for x in rows]):>12.0f} ms{np.nanmax(added):>12.0f} ms")
+              f"{np.nanmax([x['inner_silence_ms'] for x in rows]):>12.0f} ms{np.nanmax(added):>12.0f} ms{seam}")
     print(f"inner sil max: the longest silence inside a reply; added sil max: the most it exceeds Piper's own "
-          f"rendering of the same text in one go (Piper's comma pause: {whole.comma_pause_ms():.0f} ms)")
+          f"rendering of the same text in one go; seam sil max: the longest silence where two TTS phrases meet "
+          f"inside a sentence (Piper's comma pause: {whole.comma_pause_ms():.0f} ms)")
     return 0
 
 
