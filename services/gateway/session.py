@@ -322,9 +322,7 @@ class Session:
         if listening and self.tokens is not None:
             self.tokens.feed(data)
         if listening and self.input.ms - self.utterance_start_ms > self.settings.max_utterance_ms:
-            # The longest utterance the gateway holds: the turn ends here.
-            for decision in self.turns.end_of_input(self.input.ms):
-                self.apply(decision)
+            self.end_turn_here(reopen=True)  # the longest utterance the gateway holds: the turn ends here
 
     def check_rate(self, nbytes: int) -> None:
         """Refuse audio that arrives faster than the real-time factor allows (after the burst)."""
@@ -397,9 +395,7 @@ class Session:
         """The client half-closed: whatever the user said so far is the turn; wait for the replies."""
         if self.window is not None:
             await self.window.vad.finish()
-        for decision in self.turns.end_of_input(self.input.ms):
-            if isinstance(decision, Endpoint):
-                self.endpoint(decision.speech_end_ms, reopen=False)
+        self.end_turn_here(reopen=False)
         self.close_window(end_span=True)
         while self.tasks:
             await asyncio.gather(*list(self.tasks), return_exceptions=True)
@@ -439,10 +435,17 @@ class Session:
         log.warning("vad stream failed", code=e.code.name, details=e.message)
         self._vad_failed_at = now()
         self.drop_asr()
-        for decision in self.turns.end_of_input(self.input.ms):
-            if isinstance(decision, Endpoint):  # what the user said so far is the turn
-                self.endpoint(decision.speech_end_ms, reopen=False)
+        self.end_turn_here(reopen=False)  # what the user said so far is the turn
         self.close_window(end_span=True)
+
+    def end_turn_here(self, reopen: bool) -> None:
+        """No more audio for this turn: what the user said so far is it, and a reply held for a possible
+        interruption is settled; ``reopen``: listen for the next turn."""
+        for decision in self.turns.end_of_input(self.input.ms):
+            if isinstance(decision, Endpoint):
+                self.endpoint(decision.speech_end_ms, reopen=reopen)
+            else:
+                self.apply(decision)
 
     def close_window(self, end_span: bool) -> None:
         if self.window is not None:

@@ -238,8 +238,16 @@ class TurnDetector:
         return self._out
 
     def end_of_input(self, input_ms: float) -> list[Decision]:
-        """The client half-closed: whatever the user said so far is the turn."""
+        """The client half-closed: whatever the user said so far is the turn, and a reply held for a possible
+        interruption is settled (interrupted by speech long enough to be one, else played on)."""
         self._out = []
+        if self._barge_ms is not None:
+            long_enough = input_ms - self._barge_ms >= self.params.min_interruption_ms
+            self._out.append(BargeIn(self._barge_ms) if long_enough else ResumeReply("false_interruption"))
+            self._barge_ms = None
+        elif self._tentative_ms is not None:
+            self._out.append(ResumeReply("noise"))
+        self._tentative_ms = None
         if self.state in (State.USER_SPEAKING, State.USER_PAUSED):
             self._endpoint(self.pause_at_ms if self.pause_at_ms is not None else input_ms)
         return self._out
@@ -266,12 +274,17 @@ class TurnDetector:
     def _stopped(self, offset_ms: float) -> None:
         if self.state != State.USER_SPEAKING:
             return
-        if self._barge_ms is not None and offset_ms - self._barge_ms < self.params.min_interruption_ms:
-            # Too short to be a barge-in: the reply plays on where it paused, the utterance is dropped.
+        if self._barge_ms is not None:
+            if offset_ms - self._barge_ms < self.params.min_interruption_ms:
+                # Too short to be a barge-in: the reply plays on where it paused, the utterance is dropped.
+                self._barge_ms = None
+                self.state = State.BOT_REPLYING
+                self._out.append(ResumeReply("false_interruption"))
+                return
+            # Long enough, though no progress update said so while the user spoke (the pause came within a
+            # frame of min_interruption_ms): a barge-in, or the held reply would wait for ever.
+            self._out.append(BargeIn(self._barge_ms))
             self._barge_ms = None
-            self.state = State.BOT_REPLYING
-            self._out.append(ResumeReply("false_interruption"))
-            return
         self.state, self.pause_at_ms = State.USER_PAUSED, offset_ms
         self._out.append(UserPaused(offset_ms))
 
@@ -290,5 +303,7 @@ class TurnDetector:
             self._endpoint(self.pause_at_ms)
 
     def _endpoint(self, speech_end_ms: float) -> None:
+        if self._barge_ms is not None:  # speech over a reply that became a whole turn interrupts it
+            self._out.append(BargeIn(self._barge_ms))
         self.state, self.pause_at_ms, self._barge_ms = State.BOT_REPLYING, None, None
         self._out.append(Endpoint(speech_end_ms))

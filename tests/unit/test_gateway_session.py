@@ -182,6 +182,29 @@ def test_barge_in_stops_audio_within_one_piece_and_keeps_the_played_part() -> No
     assert history[1] == {"role": "assistant", "text": first.reply_text}
 
 
+@pytest.mark.parametrize("speech_ms", [250, 900])
+def test_ending_the_stream_while_a_reply_is_held_settles_it(speech_ms: int) -> None:
+    """The client half-closes while speaking over a reply (the reply is held for a possible interruption): the
+    session still ends, the reply played on (speech too short to interrupt) or interrupted (long enough)."""
+    reply = " ".join(f"word{i}." for i in range(30))
+    stages = FakeStages(LlmScript(reply=reply))
+
+    async def main() -> Client:
+        c = Client(gateway(stages), turn_detection=pb.TurnDetection(min_interruption_ms=600))
+        mic = asyncio.create_task(c.speak(silence(2000)))
+        c.send(text=pb.TextInput(text="Tell me something."))
+        await c.wait_audio()
+        await mic
+        await c.speak(tone(speech_ms))  # no silence after it: the stream ends mid-speech
+        await c.close()
+        return c
+
+    c = run_virtual(main)
+    first = c.of("turn_completed")[0]
+    want = pb.TURN_OUTCOME_COMPLETED if speech_ms < 600 else pb.TURN_OUTCOME_INTERRUPTED
+    assert first.outcome == want, first
+
+
 def test_a_short_interruption_lets_the_reply_play_on() -> None:
     reply = " ".join(f"word{i}." for i in range(12))
     stages = FakeStages(LlmScript(reply=reply))

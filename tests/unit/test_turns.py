@@ -60,6 +60,9 @@ CASES = {
     "false interruption: speech shorter than min_interruption_ms plays on": (
         [("voice", 100), ("start", 100), ("stop", 250), ("at", 300)], True, State.BOT_REPLYING,
         [HoldReply(100), HoldReply(100), UserStarted(100), ResumeReply("false_interruption")]),
+    "barge-in whose pause comes within a frame of min_interruption_ms: still a barge-in, the hold ends": (
+        [("voice", 100), ("start", 100), ("at", 380), ("stop", 420), ("at", 950)], True, State.BOT_REPLYING,
+        [HoldReply(100), HoldReply(100), UserStarted(100), BargeIn(100), UserPaused(420), Endpoint(420)]),
     "noise: a frame that never becomes speech releases the hold": (
         [("voice", 100), ("at", 300), ("at", 400)], True, State.BOT_REPLYING,
         [HoldReply(100), ResumeReply("noise")]),
@@ -120,6 +123,16 @@ def test_end_of_turn_model_policy(asked: bool, verdict: float | str | None, endp
         policy.judge(1500, verdict)
     ends = [ms for ms in range(1532, 3500, 32) if det.on_vad(VadUpdate([], [], ms, FRAME), False)]
     assert ends and endpoint_at <= ends[0] < endpoint_at + 32, ends
+
+
+def test_end_of_input_settles_a_held_reply() -> None:
+    _, det = run([("voice", 100), ("start", 100)], playing=True, start=State.BOT_REPLYING)
+    assert det.end_of_input(600) == [BargeIn(100), Endpoint(600)]  # 500 ms of speech over the reply
+    _, det = run([("voice", 100), ("start", 100)], playing=True, start=State.BOT_REPLYING)
+    assert det.end_of_input(200) == [ResumeReply("false_interruption"), Endpoint(200)]
+    _, det = run([("voice", 100)], playing=True, start=State.BOT_REPLYING)
+    assert det.end_of_input(150) == [ResumeReply("noise")]
+    assert not det.holding
 
 
 def test_end_of_turn_verdict_belongs_to_its_pause() -> None:
