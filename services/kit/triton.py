@@ -9,7 +9,8 @@ TTS-3B audio ids): they build the inputs of the shared contract and read the out
   Down endpoints are still tried, last, when every endpoint is down, so a Triton that comes back is used again
   at once. A failed endpoint's channel is recreated (no gRPC reconnect back-off).
 * After the first response a failure ends the request with UNAVAILABLE (output already went to the caller).
-* Closing the iterator (caller cancelled, deadline) cancels the gRPC stream, which cancels the Triton request.
+* Closing the iterator (caller cancelled, deadline) stops the Triton request: with an in-band stop request where
+  the model takes one (see ``TritonPool.stream``), else by cancelling the gRPC stream.
 """
 
 from __future__ import annotations
@@ -140,6 +141,8 @@ class TritonPool:
         self.first_token_timeout_s = first_token_timeout_s
         self.env_hint = env_hint
         self._rr = itertools.count()
+        self._inputs: dict[str, frozenset[str]] = {}  # model -> the input names its config declares
+        self._drains: set[asyncio.Task[None]] = set()  # streams read to their end after a stop
 
     def order(self) -> list[_Endpoint]:
         """Round robin over healthy endpoints, then the down ones (soonest back first) as a last resort."""
@@ -152,15 +155,20 @@ class TritonPool:
         return up + down
 
     async def stream(
-        self, model: str, inputs: list[Any], request_id: str, timeout_s: float
+        self, model: str, inputs: list[Any], request_id: str, timeout_s: float, stop: list[Any] | None = None
     ) -> AsyncIterator[tuple[Any, str]]:
-        """(InferResult, endpoint url) for each response of one request; failover before the first one."""
+        """(InferResult, endpoint url) for each response of one request; failover before the first one.
+
+        ``stop``: the inputs of a request that stops this one (the model takes a ``stop`` input, as TensorRT-LLM's
+        does). Closing the iterator early then sends it with the same request id and reads this request's stream
+        to its end in the background, instead of cancelling the gRPC call: Triton 2.51's gRPC frontend can crash
+        (SIGSEGV) when a cancellation races the request's final response, which discarded speculations hit."""
         errors: list[str] = []
         slow = 0
         for ep in self.order():
             started = False
             try:
-                async for result in self._stream_on(ep, model, inputs, request_id, timeout_s):
+                async for result in self._stream_on(ep, model, inputs, request_id, timeout_s, stop):
                     started = True
                     yield result, ep.url
                 return
@@ -180,14 +188,29 @@ class TritonPool:
             f"Start Triton (python -m stepaudio.tritonserver) or fix {self.env_hint}; the service reconnects by itself."
         )
 
+    async def takes_input(self, model: str, name: str) -> bool:
+        """Whether ``model``'s config declares input ``name`` (asked once per model; False while no endpoint
+        answers)."""
+        if model not in self._inputs:
+            for ep in self.order():
+                try:
+                    config = await asyncio.wait_for(ep.client.get_model_config(model, as_json=True), 5)
+                except Exception:  # noqa: BLE001 - unknown for now: asked again next time
+                    continue
+                self._inputs[model] = frozenset(i.get("name", "") for i in config.get("config", {}).get("input", []))
+                break
+        return name in self._inputs.get(model, frozenset())
+
     async def _stream_on(
-        self, ep: _Endpoint, model: str, inputs: list[Any], request_id: str, timeout_s: float
+        self, ep: _Endpoint, model: str, inputs: list[Any], request_id: str, timeout_s: float,
+        stop: list[Any] | None = None,
     ) -> AsyncIterator[Any]:
         async def requests() -> AsyncIterator[dict[str, Any]]:
             yield {"model_name": model, "inputs": inputs, "request_id": request_id}
 
         call = ep.client.stream_infer(requests(), stream_timeout=timeout_s)
         first = True
+        finished = False
         try:
             while True:
                 try:
@@ -196,10 +219,12 @@ class TritonPool:
                     else:
                         result, error = await call.__anext__()
                 except StopAsyncIteration:
+                    finished = True
                     break
                 except TimeoutError:
                     raise _SlowEndpoint(f"no response within {self.first_token_timeout_s:g} s") from None
                 except (grpc.aio.AioRpcError, InferenceServerException) as e:
+                    finished = True
                     self._raise_rpc(e, first)
                 if first:
                     first = False
@@ -208,9 +233,42 @@ class TritonPool:
                     self._raise_model_error(str(error), model)
                 yield result
         finally:
-            call.cancel()
+            if stop is None or finished:
+                call.cancel()  # a no-op on a stream that ended
+            else:
+                self._stop(ep, call, model, stop, request_id)
         if first:
             raise _EndpointDown("stream closed without a response")
+
+    def _stop(self, ep: _Endpoint, call: Any, model: str, stop: list[Any], request_id: str,
+              timeout_s: float = 10.0) -> None:
+        """In the background: send the stop request for ``request_id`` on a stream of its own, and read the
+        stopped request's stream to its end (the client half-closed it already, so it ends with the request's
+        final response); cancel it only if it does not end within ``timeout_s``."""
+
+        async def stop_requests() -> AsyncIterator[dict[str, Any]]:
+            yield {"model_name": model, "inputs": stop, "request_id": request_id}
+
+        async def read_to_end(stream: Any) -> None:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    while True:
+                        await stream.__anext__()
+            except StopAsyncIteration:
+                return
+            except Exception:  # noqa: BLE001 - the request is over either way
+                stream.cancel()
+            except asyncio.CancelledError:
+                stream.cancel()
+                raise
+
+        async def run() -> None:
+            await asyncio.gather(read_to_end(ep.client.stream_infer(stop_requests(), stream_timeout=timeout_s)),
+                                 read_to_end(call))
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
 
     @staticmethod
     def _raise_rpc(e: BaseException, before_first: bool) -> None:
@@ -262,5 +320,7 @@ class TritonPool:
             await asyncio.sleep(0.5)
 
     async def close(self) -> None:
+        for task in list(self._drains):
+            task.cancel()
         for ep in self.endpoints:
             await ep.reset()

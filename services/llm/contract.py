@@ -68,6 +68,16 @@ def build_inputs(prompt: str, p: GenerationParams, batched: bool = True) -> list
     return inputs
 
 
+def stop_inputs(batched: bool = True) -> list[InferInput]:
+    """InferInputs of a request that stops the running request with the same request id (TensorRT-LLM's ``stop``
+    input; the required inputs carry placeholders)."""
+    return [
+        _tensor("text_input", np.array([b""], dtype=np.object_), "BYTES", batched),
+        _tensor("max_tokens", np.array([1], dtype=np.int32), "INT32", batched),
+        _tensor("stop", np.array([True], dtype=bool), "BOOL", batched),
+    ]
+
+
 def requested_outputs(perf: bool = True) -> list[InferRequestedOutput]:
     names = [TEXT_OUTPUT, *(PERF_OUTPUTS if perf else ())]
     return [InferRequestedOutput(n) for n in names]

@@ -191,3 +191,34 @@ def test_invalid_config_is_rejected_at_load(tmp_path) -> None:
     )
     with pytest.raises(TritonStartError, match="n_parallel must be an integer"):
         start_triton(tmp_path / "repo", ["embedded_llm"], log_path=tmp_path / "t.log", ready_timeout=60)
+
+
+async def test_a_stop_request_stops_generating_without_a_grpc_cancel(triton: TritonHandle) -> None:
+    """What the LLM service does when a reply is discarded: a request with ``stop`` and the same request id, the
+    stopped stream read to its end (Triton 2.51 can crash on a gRPC cancellation racing a final response)."""
+    from services.kit.triton import TritonPool
+    from services.llm.contract import build_inputs, stop_inputs
+
+    pool = TritonPool([triton.grpc_url])
+    rid = f"stop-{time.time_ns()}"
+    try:
+        assert await pool.takes_input("embedded_llm", "stop")
+        n = 0
+        inputs = build_inputs(chatml("Write a very long story about a dragon."), GenerationParams(max_tokens=1500))
+        async for _result, _url in pool.stream("embedded_llm", inputs, rid, 60, stop_inputs()):
+            n += 1
+            if n == 3:
+                break
+        marker = f"request '{rid}' cancelled after"
+        for _ in range(100):
+            if marker in triton.log_tail(400) and not pool._drains:
+                break
+            await asyncio.sleep(0.1)
+        line = next(ln for ln in triton.log_tail(400).splitlines() if marker in ln)
+        assert int(line.split(marker)[1].split()[0]) < 100, line
+        assert not pool._drains  # the stopped stream ended by itself
+        run = await generate(aio.InferenceServerClient(triton.grpc_url), chatml("Hello"),
+                             GenerationParams(max_tokens=4, temperature=0))
+        assert run.pieces and not run.errors
+    finally:
+        await pool.close()

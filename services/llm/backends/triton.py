@@ -8,7 +8,7 @@ from typing import Any
 
 from services.kit.triton import TritonPool
 from services.llm.backends.base import GenerationChunk, LlmBackend
-from services.llm.contract import GenerationParams, build_inputs, scalar_of, text_of
+from services.llm.contract import GenerationParams, build_inputs, scalar_of, stop_inputs, text_of
 
 
 class TritonBackend(TritonPool, LlmBackend):
@@ -23,7 +23,8 @@ class TritonBackend(TritonPool, LlmBackend):
         n_pieces = 0
         last: Any = None
         url = ""
-        async for result, url in self.stream(model, build_inputs(prompt, params), request_id, timeout_s):
+        stop = stop_inputs() if await self.takes_input(model, "stop") else None
+        async for result, url in self.stream(model, build_inputs(prompt, params), request_id, timeout_s, stop):
             text = text_of(result)
             if scalar_of(result, "num_output_tokens") is not None or scalar_of(result, "finish_reason"):
                 last = result

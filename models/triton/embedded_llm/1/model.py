@@ -8,8 +8,11 @@ the extension output finish_reason.
 
 Concurrency: `execute` is async and starts one task per request; the blocking xllamacpp call runs in a worker
 thread. xllamacpp serves `n_parallel` slots with continuous batching, so concurrent requests decode together.
-Cancellation: the token callback checks `request.is_cancelled()` and stops generation. Every request gets exactly
-one response carrying the FINAL flag, also on error or cancellation.
+Cancellation: the token callback checks `request.is_cancelled()` and stops generation. A request with `stop` true
+stops the running request of the same request id instead (as TensorRT-LLM's backend takes one), so a client needs
+no gRPC cancellation (Triton 2.51's gRPC frontend can crash on a cancellation
+that races the final response). Every request gets exactly one response carrying the FINAL flag, also on error,
+cancellation or stop.
 """
 
 from __future__ import annotations
@@ -96,6 +99,7 @@ class _State:
     text: list[str] = field(default_factory=list)
     finish_reason: str = ""
     cancelled: bool = False
+    stop: bool = False  # a stop request for this request id arrived
     error: str = ""
 
 
@@ -134,6 +138,7 @@ class TritonPythonModel:
         self.n_ctx_slot = n_ctx // n_parallel
         self.logger = pb_utils.Logger
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running: dict[str, _State] = {}  # request id -> its generation (what a stop request stops)
         self._closing = threading.Event()
         # Warm-up: one token, so the first real request does not pay for lazy initialisation.
         self.server.handle_completions({"prompt": "Hi", "max_tokens": 1, "stream": False})
@@ -280,7 +285,7 @@ class TritonPythonModel:
                     sender.send(self._text_response(text))
                 else:
                     st.text.append(text)
-            if self._closing.is_set() or request.is_cancelled():
+            if self._closing.is_set() or st.stop or request.is_cancelled():
                 st.cancelled = True
                 return True
             return False
@@ -294,7 +299,14 @@ class TritonPythonModel:
 
     async def _serve(self, request: Any) -> None:
         sender = request.get_response_sender()
+        if _scalar(request, "stop"):
+            target = self._running.get(request.request_id())
+            if target is not None:
+                target.stop = True  # the target ends with its own CANCELLED response
+            sender.send(flags=FINAL)
+            return
         st = _State()
+        self._running[request.request_id()] = st
         final_sent = False
         try:
             body, stream = self._build(request)
@@ -328,6 +340,9 @@ class TritonPythonModel:
                     sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(msg, code)), flags=FINAL)
                 except Exception as send_error:  # noqa: BLE001
                     self.logger.log_error(f"{self.name}: could not send error response: {send_error}")
+        finally:
+            if self._running.get(request.request_id()) is st:
+                del self._running[request.request_id()]
 
     def finalize(self) -> None:
         self._closing.set()
