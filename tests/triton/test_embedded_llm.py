@@ -217,8 +217,11 @@ async def test_a_stop_request_stops_generating_without_a_grpc_cancel(triton: Tri
         line = next(ln for ln in triton.log_tail(400).splitlines() if marker in ln)
         assert int(line.split(marker)[1].split()[0]) < 100, line
         assert not pool._drains  # the stopped stream ended by itself
-        run = await generate(aio.InferenceServerClient(triton.grpc_url), chatml("Hello"),
-                             GenerationParams(max_tokens=4, temperature=0))
+        client = aio.InferenceServerClient(triton.grpc_url)
+        try:  # the server still serves the next request
+            run = await generate(client, chatml("Hello"), GenerationParams(max_tokens=4, temperature=0))
+        finally:
+            await client.close()
         assert run.pieces and not run.errors
     finally:
         await pool.close()
