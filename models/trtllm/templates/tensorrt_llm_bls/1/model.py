@@ -3,7 +3,8 @@
 Per request (async, one task each): Step1 tokenization (``<audio_X>`` -> 65536 + X, BOS prepended), one streaming
 request to ``tensorrt_llm_model_name`` (inflight batching), incremental detokenization, stop words removed from the
 text (held back while they could still be forming), cancellation forwarded (``request.is_cancelled()`` -> the
-TensorRT-LLM response iterator is cancelled), and exactly one FINAL response with the perf outputs.
+TensorRT-LLM response iterator is cancelled; so does a request with ``stop`` true for the same request id, which a
+client sends instead of cancelling its gRPC call), and exactly one FINAL response with the perf outputs.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class TritonPythonModel:
         self.max_max_tokens = int(params.get("max_max_tokens") or 4096)
         self.outputs = {o["name"] for o in config.get("output", [])}
         self.tasks = set()
+        self.stopped = {}  # request id -> [stop asked] for the requests running
 
     async def execute(self, requests):
         loop = asyncio.get_running_loop()
@@ -106,6 +108,19 @@ class TritonPythonModel:
 
     async def _serve(self, request):
         sender = request.get_response_sender()
+        if _scalar(request, "stop"):
+            if request.request_id() in self.stopped:
+                self.stopped[request.request_id()][0] = True
+            sender.send(flags=FINAL)
+            return
+        stop_asked = self.stopped[request.request_id()] = [False]
+        try:
+            await self._generate(request, sender, stop_asked)
+        finally:
+            if self.stopped.get(request.request_id()) is stop_asked:
+                del self.stopped[request.request_id()]
+
+    async def _generate(self, request, sender, stop_asked):
         arrival = time.time_ns()
         first_ns = last_ns = 0
         final_sent = False
@@ -128,7 +143,7 @@ class TritonPythonModel:
             cancelled = False
             responses = await trt_request.async_exec(decoupled=True)
             async for response in responses:
-                if request.is_cancelled():
+                if request.is_cancelled() or stop_asked[0]:
                     cancelled = True
                     if hasattr(responses, "cancel"):
                         responses.cancel()
