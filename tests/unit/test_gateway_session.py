@@ -182,11 +182,9 @@ def test_barge_in_stops_audio_within_one_piece_and_keeps_the_played_part() -> No
     assert history[1] == {"role": "assistant", "text": first.reply_text}
 
 
-@pytest.mark.parametrize("speech_ms", [250, 900])
-def test_ending_the_stream_while_a_reply_is_held_settles_it(speech_ms: int) -> None:
-    """The client half-closes while speaking over a reply (the reply is held for a possible interruption): the
-    session still ends, the reply played on (speech too short to interrupt) or interrupted (long enough)."""
-    reply = " ".join(f"word{i}." for i in range(30))
+def _speak_over_a_reply(reply: str, speech: np.ndarray, wait_turns: int) -> Client:
+    """A text turn whose reply (``reply``) plays, the user says ``speech`` over it (min_interruption_ms 600), the
+    client waits for ``wait_turns`` completed turns and ends the stream."""
     stages = FakeStages(LlmScript(reply=reply))
 
     async def main() -> Client:
@@ -195,11 +193,21 @@ def test_ending_the_stream_while_a_reply_is_held_settles_it(speech_ms: int) -> N
         c.send(text=pb.TextInput(text="Tell me something."))
         await c.wait_audio()
         await mic
-        await c.speak(tone(speech_ms))  # no silence after it: the stream ends mid-speech
+        await c.speak(speech)
+        if wait_turns:
+            await c.wait_turns(wait_turns)
         await c.close()
         return c
 
-    c = run_virtual(main)
+    return run_virtual(main)
+
+
+@pytest.mark.parametrize("speech_ms", [250, 900])
+def test_ending_the_stream_while_a_reply_is_held_settles_it(speech_ms: int) -> None:
+    """The client half-closes while speaking over a reply (the reply is held for a possible interruption): the
+    session still ends, the reply played on (speech too short to interrupt) or interrupted (long enough)."""
+    # no silence after the speech: the stream ends mid-speech
+    c = _speak_over_a_reply(" ".join(f"word{i}." for i in range(30)), tone(speech_ms), wait_turns=0)
     first = c.of("turn_completed")[0]
     want = pb.TURN_OUTCOME_COMPLETED if speech_ms < 600 else pb.TURN_OUTCOME_INTERRUPTED
     assert first.outcome == want, first
@@ -207,20 +215,7 @@ def test_ending_the_stream_while_a_reply_is_held_settles_it(speech_ms: int) -> N
 
 def test_a_short_interruption_lets_the_reply_play_on() -> None:
     reply = " ".join(f"word{i}." for i in range(12))
-    stages = FakeStages(LlmScript(reply=reply))
-
-    async def main() -> Client:
-        c = Client(gateway(stages), turn_detection=pb.TurnDetection(min_interruption_ms=600))
-        mic = asyncio.create_task(c.speak(silence(2000)))
-        c.send(text=pb.TextInput(text="Tell me something."))
-        await c.wait_audio()
-        await mic
-        await c.speak(np.concatenate([tone(250), silence(6000)]))
-        await c.wait_turns(1)
-        await c.close()
-        return c
-
-    c = run_virtual(main)
+    c = _speak_over_a_reply(reply, np.concatenate([tone(250), silence(6000)]), wait_turns=1)
     [done] = c.of("turn_completed")
     assert done.outcome == pb.TURN_OUTCOME_COMPLETED
     assert done.reply_text == reply
