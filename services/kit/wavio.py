@@ -24,8 +24,7 @@ def decode_wav(data: bytes, max_seconds: float | None = None) -> tuple[np.ndarra
         raise InvalidArgument(f"{kind} format is not supported: {FORMATS_HINT}")
     fmt_tag, channels, rate, bits, offset, size = _parse_wav(data)
     payload = data[offset:offset + size]  # a streamed file may claim more than it holds
-    if channels < 1 or channels > 32 or rate < 4000 or rate > 192000:
-        raise InvalidArgument(f"WAV header says {channels} channels at {rate} Hz: {FORMATS_HINT}")
+    _check_layout(channels, rate, FORMATS_HINT)
     frame = channels * bits // 8
     if not frame:
         raise InvalidArgument(f"WAV header says {bits}-bit samples: {FORMATS_HINT}")
@@ -57,9 +56,13 @@ def wav_stream_head(first: bytes) -> tuple[int, int, int]:
     if fmt_tag != 1 or bits != 16:
         raise InvalidArgument(f"the streamed WAV holds format {fmt_tag}, {bits}-bit samples: stream PCM16 "
                               "(LINEAR_PCM), or send the file whole to the offline call")
-    if channels < 1 or channels > 32 or rate < 4000 or rate > 192000:
-        raise InvalidArgument(f"WAV header says {channels} channels at {rate} Hz: stream PCM16 mono or stereo")
+    _check_layout(channels, rate, "stream PCM16 mono or stereo")
     return rate, channels, offset
+
+
+def _check_layout(channels: int, rate: int, hint: str) -> None:
+    if channels < 1 or channels > 32 or rate < 4000 or rate > 192000:
+        raise InvalidArgument(f"WAV header says {channels} channels at {rate} Hz: {hint}")
 
 
 def _parse_wav(data: bytes) -> tuple[int, int, int, int, int, int]:

@@ -58,10 +58,14 @@ def pcm_of(audio: bytes, config: Any) -> tuple[bytes, int]:
     if channels > 1:
         x = x.reshape(-1, channels).mean(axis=1)
     if rate not in SUPPORTED_RATES:
-        if not 4000 <= rate <= 192000:
-            raise InvalidArgument(f"sample_rate_hertz={rate} is not a usable rate")
+        _check_rate(rate)
         x, rate = resample(x, rate, 16000), 16000
     return float_to_pcm16(np.asarray(x, np.float32)), rate
+
+
+def _check_rate(rate: int) -> None:
+    if not 4000 <= rate <= 192000:
+        raise InvalidArgument(f"sample_rate_hertz={rate} is not a usable rate")
 
 
 def _language(code: str) -> str:
@@ -70,7 +74,6 @@ def _language(code: str) -> str:
 
 async def _one(audio: AsyncIterator[bytes]) -> AsyncIterator[AsyncIterator[bytes]]:
     yield audio
-
 
 
 async def _stream_head(requests: AsyncIterator[Any], limit: int = 65536) -> bytes:
@@ -193,8 +196,8 @@ class RivaAsr(riva_asr_pb2_grpc.RivaSpeechRecognitionServicer):
         if head[:4] == b"RIFF":  # a WAV file streamed whole (transcribe_file.py): its header gives the format
             rate, channels, offset = wav_stream_head(head)
             head = head[offset:]
-        elif rate not in SUPPORTED_RATES and not 4000 <= rate <= 192000:
-            raise InvalidArgument(f"sample_rate_hertz={rate} is not a usable rate")
+        elif rate not in SUPPORTED_RATES:
+            _check_rate(rate)
         out_rate = rate if rate in SUPPORTED_RATES else 16000
         resampler = StreamResampler(rate, out_rate)
         frame = 2 * channels
