@@ -6,7 +6,8 @@ threads or sockets, so virtual time is the only time there is.
 
 * ``FakeVad``: the real hysteresis (``SpeechDetector``) over an energy detector: a frame is speech when its RMS is
   above 0.01, so a test writes speech as a tone and silence as zeros.
-* ``FakeAsr``: the final transcript says how much voiced audio it heard ("heard 1200 ms"); partials likewise.
+* ``FakeAsr``: the final transcript says how much voiced audio it heard ("heard 1200 ms"); partials likewise
+  (with ``asr_partials``).
 * ``FakeTokenizer``: one dual token per 40 ms of voiced audio it got.
 * ``FakeLlm``: replies with a scripted text, one word per ``token_s``; a script may call a tool first.
 * ``FakeTts``: a phrase per flush or sentence end; 250 ms of non-silent audio per word after ``latency_s``.
@@ -176,6 +177,7 @@ class FakeStages(Stages):
         self.eot_text: dict[str, float] | None = None  # the text end-of-turn model: P(end) by transcript (None: none)
         self.eot_texts: list[str] = []  # transcripts judged
         self.llm_requests: list[llm_pb2.GenerateRequest] = []
+        self.asr_partials = False  # Transcribe streams send partials ("heard N ms" so far) as the config asks
         self.tool_calls: list[tools_pb2.ExecuteToolRequest] = []
         self.tts_texts: list[str] = []
         self.tool_specs = {
@@ -209,9 +211,14 @@ class FakeStages(Stages):
                          ) -> AsyncGenerator[tokenizer_pb2.TranscribeResponse, None]:
         first, rest = await _config_then(requests)
         rate = first.config.format.sample_rate_hz
+        every = first.config.partial_interval_ms * rate // 1000 * 2 if self.asr_partials else 0
         audio = bytearray()
+        said = 0
         async for req in rest:
             audio += req.audio.data
+            if every and first.config.partial_results and len(audio) - said >= every:
+                said = len(audio)
+                yield tokenizer_pb2.TranscribeResponse(text=f"heard {voiced_ms(bytes(audio), rate)} ms")
         await asyncio.sleep(self.asr_s)
         yield tokenizer_pb2.TranscribeResponse(text=f"heard {voiced_ms(bytes(audio), rate)} ms", is_final=True,
                                                confidence=0.9)

@@ -71,6 +71,8 @@ class Reply:
     user_tokens: list[int] = field(default_factory=list)  # the turn as dual tokens (llm_input=audio_tokens)
     transcribing: asyncio.Task | None = None  # the transcript, made beside the LLM call when it hears tokens
     heard: asyncio.Event = field(default_factory=asyncio.Event)  # set once user_text is final (or never will be)
+    # set once the LLM has read the prompt (its first event), or the reply ended without getting there
+    prompt_read: asyncio.Event = field(default_factory=asyncio.Event)
     text: str = ""
     tool_calls: list[ToolRecord] = field(default_factory=list)
     timings: Timings = field(default_factory=Timings)
@@ -82,6 +84,7 @@ class Reply:
     started_at: float = 0.0
     task: asyncio.Task | None = None
     committed: asyncio.Event = field(default_factory=asyncio.Event)
+    settled: asyncio.Event = field(default_factory=asyncio.Event)  # committed or cancelled, whichever came first
     _held: list[pb.ConverseResponse] = field(default_factory=list)
 
     @property
@@ -100,7 +103,15 @@ class Reply:
             sink(event)
         self._held.clear()
         self.committed.set()
+        self.settled.set()
         self.playout.start()
+
+    async def until_committed(self) -> None:
+        """Wait for the commit. A reply cancelled first raises CancelledError here, so a reply whose task missed
+        its cancellation (it can be lost in a race) never waits for a commit that cannot come."""
+        await self.settled.wait()
+        if not self.committed.is_set():
+            raise asyncio.CancelledError(f"reply of turn {self.turn_id} was cancelled before its commit")
 
     def cancel(self, outcome: Outcome, played_ms: float | None = None) -> None:
         """Stop the reply's work (gRPC cancellation reaches LLM, TTS and tools); it ends with ``outcome``.
@@ -108,6 +119,10 @@ class Reply:
         if outcome == Outcome.INTERRUPTED:
             self.played_ms_at_cut = self.playout.played_ms() if played_ms is None else float(played_ms)
         self.outcome = outcome
+        self.settled.set()
+        if not self.committed.is_set():
+            self.heard.set()  # its transcript never will be final: nobody waits for it (a task cancelled unstarted)
+            self.prompt_read.set()
         if self.task is not None:
             self.task.cancel()
 

@@ -117,7 +117,8 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
                 session_id=session.id, resumed=resumed, output_sample_rate_hz=session.out_rate or 22050))
             while True:
                 try:
-                    event = await asyncio.wait_for(session.out.get(), max(ends_at - loop.time(), 0.0))
+                    async with asyncio.timeout_at(ends_at):
+                        event = await session.out.get()
                 except TimeoutError:
                     reason = logs_pb2.SESSION_END_REASON_IDLE_TIMEOUT
                     raise StageError(f"the session reached max_session_s={self.settings.max_session_s}; start a new "

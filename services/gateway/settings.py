@@ -40,8 +40,9 @@ class GatewaySettings(ServiceSettings):
     tool_filler: str = Field("One moment.", description="Spoken while a tool runs; empty disables the filler.")
     start_threshold: float = Field(0.5, description="Default VAD speech threshold.")
     min_speech_ms: int = Field(100, description="Default speech needed to report speech started, in ms.")
-    pause_ms: int = Field(100, description="Default silence that makes the user 'paused' (a speculative reply starts "
-                                           "and the end-of-turn models judge the utterance), in ms.")
+    pause_ms: int = Field(64, description="Default silence that makes the user 'paused' (a speculative reply starts "
+                                          "and the end-of-turn models judge the utterance), in ms: two 32 ms VAD "
+                                          "frames.")
     endpoint_ms: int = Field(500, description="Default silence that ends the user's turn, in ms.")
     prefix_padding_ms: int = Field(300, description="Default audio kept before speech start for ASR, in ms.")
     min_interruption_ms: int = Field(300, description="Default user speech during a reply that cancels it, in ms.")
@@ -79,6 +80,10 @@ class GatewaySettings(ServiceSettings):
         False, description="Ask Whisper for its full 30 s window (the walking skeleton's behaviour; slower)."
     )
     partial_interval_ms: int = Field(700, description="Audio between partial transcripts, in ms.")
+    llm_prefill_partials: bool = Field(
+        True, description="While the user speaks, have the LLM read the prompt with each partial transcript (one "
+                          "token generated, dropped), so that at the end of the turn its prompt cache leaves only the "
+                          "last words to read. Costs one short LLM request per partial.")
     first_phrase_words: int = Field(
         3, description="Speak the first phrase of a reply as soon as it has this many words and its last word can "
                        "end a phrase (not 'the', 'of', 'is'...), or a clause ends (later phrases wait for sentence "
@@ -125,6 +130,9 @@ class GatewaySettings(ServiceSettings):
     max_field_chars: int = Field(256, ge=8, description="Longest session_id, voice, style, language and tenant.")
     max_allowed_tools: int = Field(64, ge=1, description="Most entries in allowed_tools.")
     # ---- deadlines: a failed or hung stage ends the turn (Error + TurnCompleted FAILED) within these ----
+    end_of_input_timeout_s: float = Field(
+        180.0, gt=0, description="After the client half-closes, the longest wait for the replies still running before "
+                                 "the stream ends (they are cancelled and logged), in seconds.")
     asr_timeout_s: float = Field(15.0, gt=0, description="Final transcript after the end of speech, in seconds.")
     stall_timeout_s: float = Field(
         10.0, gt=0, description="Longest silence of a working stage: the LLM between events, the TTS after text "

@@ -215,7 +215,8 @@ class TritonPool:
             while True:
                 try:
                     if first:
-                        result, error = await asyncio.wait_for(call.__anext__(), self.first_token_timeout_s)
+                        async with asyncio.timeout(self.first_token_timeout_s):  # wait_for can lose a cancel (3.11)
+                            result, error = await call.__anext__()
                     else:
                         result, error = await call.__anext__()
                 except StopAsyncIteration:

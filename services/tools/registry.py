@@ -80,7 +80,8 @@ class ToolRegistry:
         limit = timeout_s if timeout_s and timeout_s > 0 else spec.timeout_s
         t0 = time.perf_counter()
         try:
-            result = await asyncio.wait_for(spec.fn(**args), limit)
+            async with asyncio.timeout(limit):
+                result = await spec.fn(**args)
         except TimeoutError:
             raise DeadlineExceeded(f"tool {name!r} did not finish within {limit:.1f} s") from None
         except ValueError as e:

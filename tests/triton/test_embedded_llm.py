@@ -225,3 +225,29 @@ async def test_a_stop_request_stops_generating_without_a_grpc_cancel(triton: Tri
         assert run.pieces and not run.errors
     finally:
         await pool.close()
+
+
+async def test_a_stop_that_overtakes_its_request_still_stops_it(triton: TritonHandle) -> None:
+    """The stop travels on a stream of its own, so it can reach the model before the request it stops: the request
+    then ends at once with CANCELLED instead of generating a whole discarded reply."""
+    from services.llm.contract import stop_inputs
+
+    client = aio.InferenceServerClient(triton.grpc_url)
+    rid = f"early-stop-{time.time_ns()}"
+
+    async def send(inputs: list) -> list:
+        async def requests():  # noqa: ANN202
+            yield {"model_name": MODEL, "inputs": inputs, "request_id": rid}
+
+        return [error async for _result, error in client.stream_infer(requests(), stream_timeout=60)]
+
+    try:
+        assert await send(stop_inputs()) == [None]
+        errors = await asyncio.wait_for(send(build_inputs(chatml("Write a very long story about a dragon."),
+                                                          GenerationParams(max_tokens=1500))), 30)
+        run = await generate(client, chatml("Hello"), GenerationParams(max_tokens=4, temperature=0))
+    finally:
+        await client.close()
+    assert [str(e) for e in errors if e is not None] and "cancelled" in str(errors[-1]), errors
+    assert f"request '{rid}' cancelled after 0 tokens" in triton.log_tail(400)
+    assert run.pieces and not run.errors  # a later request with another id is not affected

@@ -149,6 +149,31 @@ def test_pause_then_resume_discards_the_speculation_and_hears_the_whole_utteranc
     assert [t.text for t in c.of("transcript") if t.is_final] == ["heard 1200 ms"]  # the discarded one never shows
 
 
+@pytest.mark.parametrize("prefill", [True, False])
+def test_partials_have_the_llm_read_the_prompt_while_the_user_speaks(prefill: bool) -> None:
+    stages = FakeStages()
+    stages.asr_partials = True
+
+    async def main() -> Client:
+        c = Client(gateway(stages, llm_prefill_partials=prefill, partial_interval_ms=400))
+        await c.speak(np.concatenate([silence(300), tone(1500), silence(1500)]))
+        await c.wait_turns(1)
+        await c.close()
+        return c
+
+    c = run_virtual(main)
+    [done] = c.of("turn_completed")
+    assert done.outcome == pb.TURN_OUTCOME_COMPLETED and done.user_text == "heard 1500 ms"
+    users = [(r.sampling.max_tokens, r.messages[-1].content[0].text) for r in stages.llm_requests]
+    heads = [text for n, text in users if n == 1]
+    assert users[-1] == (96, "heard 1500 ms")  # the reply
+    if prefill:  # one short request per partial: the same prompt up to the words heard so far
+        assert heads and all(t.startswith("heard ") and t != "heard 1500 ms" for t in heads), users
+        assert all(r.messages[0] == stages.llm_requests[-1].messages[0] for r in stages.llm_requests)
+    else:
+        assert not heads and len(users) == 1
+
+
 def test_barge_in_stops_audio_within_one_piece_and_keeps_the_played_part() -> None:
     story = " ".join(f"word{i}." for i in range(40))
     stages = FakeStages(LlmScript(reply=story))
@@ -408,6 +433,48 @@ def test_a_hung_llm_ends_the_turn_within_the_stall_timeout() -> None:
     [done] = c.of("turn_completed")
     assert done.outcome == pb.TURN_OUTCOME_FAILED
     assert [(e.code, "llm" in e.message) for e in c.of("error")] == [("DEADLINE_EXCEEDED", True)]
+
+
+def test_half_close_waits_for_a_stuck_reply_at_most_end_of_input_timeout_s() -> None:
+    stages = FakeStages()
+    stages.tts_hang = True  # and a stall timeout longer than the wait: only the end-of-input bound ends it
+
+    async def main() -> tuple[Client, float]:
+        c = Client(gateway(stages, stall_timeout_s=600.0, end_of_input_timeout_s=20.0))
+        c.send(text=pb.TextInput(text="Hello?"))
+        await asyncio.sleep(1.0)
+        t0 = asyncio.get_running_loop().time()
+        await c.close()
+        return c, asyncio.get_running_loop().time() - t0
+
+    c, took = run_virtual(main)
+    assert 20.0 <= took < 30.0, took
+    assert not c.of("turn_completed")  # the stuck reply was cancelled, not reported as done
+
+
+def test_a_reply_whose_cancel_was_lost_does_not_wait_for_a_commit() -> None:
+    """Python 3.11's ``asyncio.wait_for`` can swallow a cancel that lands as its inner future completes; a
+    discarded speculation that missed its cancel must still end rather than wait for ever for its commit."""
+    from services.gateway.playout import Playout
+    from services.gateway.reply import Outcome, Reply
+
+    async def main() -> bool:
+        reply = Reply("t1", None, 0.0, Playout(150), speculative=True)
+
+        async def run() -> None:
+            try:
+                await asyncio.sleep(1.0)
+            except asyncio.CancelledError:
+                pass  # the lost cancel
+            await reply.until_committed()
+
+        reply.task = asyncio.create_task(run())
+        await asyncio.sleep(0)
+        reply.cancel(Outcome.DISCARDED)
+        done, _ = await asyncio.wait([reply.task], timeout=5.0)
+        return bool(done) and reply.task.cancelled()
+
+    assert run_virtual(main)
 
 
 def test_vad_stream_reopens_after_the_vad_comes_back() -> None:

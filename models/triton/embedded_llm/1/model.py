@@ -103,6 +103,26 @@ class _State:
     error: str = ""
 
 
+class EarlyStops:
+    """Stop requests whose target had not arrived yet: the two travel on separate streams, so a client that stops a
+    request just after sending it can be first. The target, if it comes within ``ttl_s``, ends at once."""
+
+    def __init__(self, ttl_s: float = 30.0, limit: int = 1024) -> None:
+        self.ttl_s, self.limit = ttl_s, limit
+        self._at: dict[str, float] = {}
+
+    def remember(self, request_id: str) -> None:
+        now = time.monotonic()
+        for rid in [r for r, at in self._at.items() if now - at > self.ttl_s]:
+            del self._at[rid]
+        if request_id and len(self._at) < self.limit:
+            self._at[request_id] = now
+
+    def take(self, request_id: str) -> bool:
+        at = self._at.pop(request_id, None)
+        return at is not None and time.monotonic() - at <= self.ttl_s
+
+
 class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
         self.model_config = config = json.loads(args["model_config"])
@@ -113,9 +133,12 @@ class TritonPythonModel:
         n_ctx = int(_param(config, "n_ctx", "4096"))
         n_parallel = int(_param(config, "n_parallel", "2"))
         n_threads = int(os.environ.get("STEPAUDIO_TRITON_N_THREADS") or _param(config, "n_threads", "0"))
+        cores = os.cpu_count() or 1
         if n_threads <= 0:
-            cores = os.cpu_count() or 1
             n_threads = 1 if cores <= 2 else min(8, cores // 2)
+        n_threads_batch = int(_param(config, "n_threads_batch", "0"))
+        if n_threads_batch <= 0:
+            n_threads_batch = min(8, cores)
         if n_ctx < 256 or n_parallel < 1 or n_ctx // n_parallel < 128:
             raise pb_utils.TritonModelException(
                 f"{self.name}: n_ctx={n_ctx} n_parallel={n_parallel}: each slot needs at least 128 tokens of context"
@@ -132,18 +155,20 @@ class TritonPythonModel:
         params.n_ctx = n_ctx
         params.n_parallel = n_parallel
         params.cpuparams.n_threads = n_threads
-        params.cpuparams_batch.n_threads = n_threads
+        params.cpuparams_batch.n_threads = n_threads_batch
         params.cache_prompt = True
         self.server = xlc.Server(params)
         self.n_ctx_slot = n_ctx // n_parallel
         self.logger = pb_utils.Logger
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: dict[str, _State] = {}  # request id -> its generation (what a stop request stops)
+        self._early_stops = EarlyStops()  # stops that came before their request (they travel on separate streams)
         self._closing = threading.Event()
         # Warm-up: one token, so the first real request does not pay for lazy initialisation.
         self.server.handle_completions({"prompt": "Hi", "max_tokens": 1, "stream": False})
         self.logger.log_info(
-            f"{self.name}: loaded {path.name} n_ctx={n_ctx} n_parallel={n_parallel} n_threads={n_threads}"
+            f"{self.name}: loaded {path.name} n_ctx={n_ctx} n_parallel={n_parallel} n_threads={n_threads} "
+            f"n_threads_batch={n_threads_batch}"
         )
 
     def _validate_config(self, config: dict[str, Any]) -> None:
@@ -162,7 +187,7 @@ class TritonPythonModel:
                 problems.append(f"output {name} ({dtype}) is missing")
             elif outputs[name]["data_type"] != dtype:
                 problems.append(f"output {name} must be {dtype}, is {outputs[name]['data_type']}")
-        for key in ("n_ctx", "n_parallel", "n_threads", "default_max_tokens", "max_max_tokens"):
+        for key in ("n_ctx", "n_parallel", "n_threads", "n_threads_batch", "default_max_tokens", "max_max_tokens"):
             try:
                 int(_param(config, key, "0"))
             except ValueError:
@@ -303,6 +328,8 @@ class TritonPythonModel:
             target = self._running.get(request.request_id())
             if target is not None:
                 target.stop = True  # the target ends with its own CANCELLED response
+            else:
+                self._early_stops.remember(request.request_id())
             sender.send(flags=FINAL)
             return
         st = _State()
@@ -310,7 +337,7 @@ class TritonPythonModel:
         final_sent = False
         try:
             body, stream = self._build(request)
-            if request.is_cancelled():
+            if request.is_cancelled() or self._early_stops.take(request.request_id()):
                 st.cancelled = True
             else:
                 await asyncio.to_thread(self._generate, request, sender, body, stream, st)

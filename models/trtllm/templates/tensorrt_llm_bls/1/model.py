@@ -63,6 +63,7 @@ class TritonPythonModel:
         self.outputs = {o["name"] for o in config.get("output", [])}
         self.tasks = set()
         self.stopped = {}  # request id -> [stop asked] for the requests running
+        self.early_stops = {}  # request id -> monotonic time of a stop that came before its request (30 s at most)
 
     async def execute(self, requests):
         loop = asyncio.get_running_loop()
@@ -111,9 +112,15 @@ class TritonPythonModel:
         if _scalar(request, "stop"):
             if request.request_id() in self.stopped:
                 self.stopped[request.request_id()][0] = True
+            else:  # the stop overtook its request (separate streams): the request ends as soon as it starts
+                now = time.monotonic()
+                self.early_stops = {r: t for r, t in self.early_stops.items() if now - t <= 30.0}
+                if len(self.early_stops) < 1024:
+                    self.early_stops[request.request_id()] = now
             sender.send(flags=FINAL)
             return
-        stop_asked = self.stopped[request.request_id()] = [False]
+        early = self.early_stops.pop(request.request_id(), None)
+        stop_asked = self.stopped[request.request_id()] = [early is not None and time.monotonic() - early <= 30.0]
         try:
             await self._generate(request, sender, stop_asked)
         finally:
