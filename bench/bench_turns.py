@@ -159,9 +159,15 @@ class WholeRendering:
         return self._cache[text]
 
     def comma_pause_ms(self) -> float:
-        """Piper's own pause at a comma (the longest silence of a sentence with one comma and no other break)."""
-        return float(np.median([self.inner_silence_ms(t) for t in (
-            "Well, that depends on the weather.", "In Paris, it is raining today.", "Yes, the answer is four.")]))
+        """Piper's own pause at a comma (the longest silence of a sentence with one comma and no other break): the
+        median over three renderings of three sentences, as Piper draws its durations at random (220-310 ms)."""
+        pauses = []
+        sentences = ("Well, that depends on the weather.", "In Paris, it is raining today.", "Yes, the answer is four.")
+        for text in sentences:
+            for _ in range(3):
+                audio = np.concatenate([c.audio_float_array for c in self.voice.synthesize(text)])
+                pauses.append(longest_inner_silence_ms(audio, self.voice.config.sample_rate))
+        return float(np.median(pauses))
 
 
 def hesitation_clips() -> list[tuple[str, np.ndarray]]:

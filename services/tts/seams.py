@@ -6,7 +6,8 @@ middle of the sentence ("The capital of France ... is Paris."). :class:`SeamTrim
 silent tail and, at the phrase's end, keeps only as much as the cut deserves:
 
 * the phrase ends a sentence (``. ! ?``): all of it (a real sentence pause);
-* it ends at a clause mark (``, ; :``): at most ``comma_pause_ms`` (the TTS's own pause at a comma, measured);
+* it ends at a clause mark (``, ; :``): the seam (this tail and the next phrase's leading silence, cut to
+  ``word_gap_ms``) is at most ``comma_pause_ms`` (the TTS's own pause at a comma, measured);
 * it ends mid-sentence (no mark): at most ``word_gap_ms``, and the next phrase's leading silence is cut to
   ``word_gap_ms`` too, so the seam sounds like the gap between two words.
 
@@ -68,11 +69,12 @@ class SeamTrimmer:
     def end(self) -> np.ndarray:
         """The held tail, cut to what the phrase's end deserves."""
         held, self._held = self._held, np.zeros(0, np.float32)
-        self._after_cut = self._kind == "cut"
+        self._after_cut = self._kind != "sentence"
         if self._lead_pending:  # a phrase that was silence only
             self._lead_pending = False
             return held[:0]
-        cap = {"sentence": held.size, "clause": self.comma_pause, "cut": self.word_gap}[self._kind]
+        cap = {"sentence": held.size, "clause": max(self.comma_pause - self.word_gap, 0), "cut": self.word_gap}[
+            self._kind]
         return held[:cap]
 
 

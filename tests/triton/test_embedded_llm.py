@@ -242,7 +242,7 @@ async def test_a_stop_that_overtakes_its_request_still_stops_it(triton: TritonHa
         return [error async for _result, error in client.stream_infer(requests(), stream_timeout=60)]
 
     try:
-        assert await send(stop_inputs()) == [None]
+        assert not [e for e in await send(stop_inputs()) if e is not None]  # an empty final: nothing to stop yet
         errors = await asyncio.wait_for(send(build_inputs(chatml("Write a very long story about a dragon."),
                                                           GenerationParams(max_tokens=1500))), 30)
         run = await generate(client, chatml("Hello"), GenerationParams(max_tokens=4, temperature=0))

@@ -41,9 +41,9 @@ def test_a_cut_sentence_keeps_word_gaps_only() -> None:
 def test_clause_and_sentence_ends_and_pieces() -> None:
     trim = SeamTrimmer(RATE, word_gap_ms=30, comma_pause_ms=220)
     clause = play(trim, "Well,", sound(100), quiet(150), quiet(200))  # the tail split across pieces
-    assert clause.size == 100 + 220
+    assert clause.size == 100 + 220 - 30  # the seam, this tail and the next lead, is at most the comma pause
     after = play(trim, "I think so.", quiet(40), sound(100))
-    assert after.size == 40 + 100  # after a clause mark the next lead stays as the TTS made it
+    assert after.size == 30 + 100  # after a clause mark the next lead is cut to a word gap
     inner = play(trim, "One, two and three.", sound(100), quiet(250), sound(100), quiet(90))
     assert inner.size == 100 + 250 + 100 + 90  # silence inside a phrase is the TTS's own: untouched
 
@@ -56,7 +56,7 @@ def test_silence_only_phrase_after_a_cut() -> None:
 
 @pytest.mark.parametrize(("pieces", "limit_ms"), [
     (["The capital of France is", " Paris."], 90),  # the eager first phrase: no more than a word gap
-    (["Well,", " I think so."], 330),  # cut at a comma: no more than Piper's own comma pause (+ a frame)
+    (["Well,", " I think so."], 240),  # cut at a comma: no more than seam_comma_pause_ms (220, + a frame)
 ])
 async def test_the_tts_service_joins_cut_phrases_like_one_sentence(pieces: list[str], limit_ms: int) -> None:
     import grpc
