@@ -36,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.gateway.config import tool_definitions  # noqa: E402
+from services.gateway.config import opening_request, tool_definitions  # noqa: E402
 from services.gateway.settings import GatewaySettings  # noqa: E402
 from services.kit.audio import float_to_pcm16, pcm16_to_float, read_wav, resample, write_wav  # noqa: E402
 from services.tts.seams import longest_inner_silence_ms  # noqa: E402
@@ -44,7 +44,7 @@ from services.vad.backends.silero import SileroVad  # noqa: E402
 from services.vad.detector import DetectorConfig, SpeechDetector  # noqa: E402
 from stepaudio.client import Conversation, session_config  # noqa: E402
 from stepaudio.conversation.v1 import conversation_pb2 as pb  # noqa: E402
-from stepaudio.llm.v1 import llm_pb2, llm_pb2_grpc  # noqa: E402
+from stepaudio.llm.v1 import llm_pb2_grpc  # noqa: E402
 from stepaudio.stack import Stack, free_port, wait_healthy  # noqa: E402
 
 QUESTIONS = ["question", "q_time", "q_convert", "q_moon", "q_math"]
@@ -64,11 +64,7 @@ async def fresh_llm_cache(llm_addr: str, tools_addr: str, system_prompt: str) ->
         llm = llm_pb2_grpc.LlmServiceStub(lch)
 
         async def one(text: str) -> None:
-            request = llm_pb2.GenerateRequest(messages=[
-                llm_pb2.ChatMessage(role=llm_pb2.ROLE_SYSTEM, content=[llm_pb2.ContentPart(text=system_prompt)]),
-                llm_pb2.ChatMessage(role=llm_pb2.ROLE_USER, content=[llm_pb2.ContentPart(text=text)])],
-                tools=tools, sampling=llm_pb2.SamplingParams(max_tokens=1, greedy=True))
-            async for _ in llm.Generate(request, timeout=30):
+            async for _ in llm.Generate(opening_request(system_prompt, text, tools), timeout=30):
                 pass
 
         await asyncio.gather(one("Good morning."), one("Hello there."))  # one per slot (n_parallel 2)

@@ -103,3 +103,12 @@ def tool_definitions(config: pb.SessionConfig, tool_specs: dict[str, tools_pb2.T
     chosen = list(tool_specs.values()) if "*" in allowed else [t for t in tool_specs.values() if t.name in allowed]
     return [llm_pb2.ToolDefinition(name=t.name, description=t.description,
                                    parameters_json_schema=t.parameters_json_schema) for t in chosen]
+
+
+def opening_request(system_prompt: str, words: str, tools: list[llm_pb2.ToolDefinition]) -> llm_pb2.GenerateRequest:
+    """A new conversation's first LLM request (system prompt, tools, the user's words) that generates one token:
+    it leaves the system prompt and tools in the LLM's prompt cache, as every session's prompt starts with them."""
+    return llm_pb2.GenerateRequest(
+        messages=[llm_pb2.ChatMessage(role=llm_pb2.ROLE_SYSTEM, content=[llm_pb2.ContentPart(text=system_prompt)]),
+                  llm_pb2.ChatMessage(role=llm_pb2.ROLE_USER, content=[llm_pb2.ContentPart(text=words)])],
+        tools=tools, sampling=llm_pb2.SamplingParams(max_tokens=1, greedy=True))

@@ -12,7 +12,7 @@ import grpc
 import structlog
 
 from services.gateway.auth import Authenticator
-from services.gateway.config import validate_config
+from services.gateway.config import opening_request, tool_definitions, validate_config
 from services.gateway.history import History
 from services.gateway.quotas import LEASE_S, MemoryQuotas, Quotas
 from services.gateway.session import Session
@@ -24,7 +24,6 @@ from services.kit.streams import config_first
 from services.kit.telemetry import meter
 from stepaudio.conversation.v1 import conversation_pb2 as pb
 from stepaudio.conversation.v1 import conversation_pb2_grpc
-from stepaudio.llm.v1 import llm_pb2
 from stepaudio.logs.v1 import logs_pb2
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ConversationService"].full_name
@@ -57,15 +56,9 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
     async def prime_llm(self) -> None:
         """Run the default system prompt (with and without the tool list) once, so the LLM's prompt cache holds it
         before the first user arrives (the first turn otherwise pays the whole prefill)."""
-        system = llm_pb2.ChatMessage(role=llm_pb2.ROLE_SYSTEM, content=[llm_pb2.ContentPart(
-            text=self.settings.system_prompt)])
-        user = llm_pb2.ChatMessage(role=llm_pb2.ROLE_USER, content=[llm_pb2.ContentPart(text="Hello.")])
-        tools = [llm_pb2.ToolDefinition(name=t.name, description=t.description,
-                                        parameters_json_schema=t.parameters_json_schema)
-                 for t in self.stages.tool_specs.values()]
+        tools = tool_definitions(pb.SessionConfig(allowed_tools=["*"]), self.stages.tool_specs)
         for defs in (tools, []):
-            request = llm_pb2.GenerateRequest(messages=[system, user], tools=defs,
-                                              sampling=llm_pb2.SamplingParams(max_tokens=1, greedy=True))
+            request = opening_request(self.settings.system_prompt, "Hello.", defs)
             try:
                 await self.stages.warm_llm(request, timeout_s=120)
             except StageError as e:
