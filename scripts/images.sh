@@ -87,7 +87,7 @@ build() {
   prune
 }
 
-# A rebuild moves each tag to a new image and leaves the old one, with its layer chain, untagged: about 2.5 GB per
+# A rebuild moves each tag to a new image and leaves the old one, with its layer chain, untagged: about 4 GB per
 # build of every target, which filled a CI disk once. The tagged images and their layers (the build cache) stay.
 prune() {
   local before after
