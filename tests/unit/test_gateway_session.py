@@ -99,17 +99,22 @@ def gateway(stages: FakeStages, convlog: object = None, **overrides: object) -> 
     return ConversationServicer(stages, MemoryStore(), settings, convlog)
 
 
-def test_spoken_turn_speculates_at_the_pause_and_paces_the_audio() -> None:
-    stages = FakeStages()
+def one_spoken_turn(servicer: ConversationServicer, speech: np.ndarray, **config: object) -> Client:
+    """A session (``config``: SessionConfig fields) says ``speech``, waits for one completed turn, ends the stream."""
 
     async def main() -> Client:
-        c = Client(gateway(stages))
-        await c.speak(np.concatenate([silence(500), tone(1000), silence(1500)]))
+        c = Client(servicer, **config)
+        await c.speak(speech)
         await c.wait_turns(1)
         await c.close()
         return c
 
-    c = run_virtual(main)
+    return run_virtual(main)
+
+
+def test_spoken_turn_speculates_at_the_pause_and_paces_the_audio() -> None:
+    stages = FakeStages()
+    c = one_spoken_turn(gateway(stages), np.concatenate([silence(500), tone(1000), silence(1500)]))
     [done] = c.of("turn_completed")
     assert done.outcome == pb.TURN_OUTCOME_COMPLETED and done.speculative and done.speculative_discards == 0
     assert done.user_text == "heard 1000 ms"
@@ -133,15 +138,9 @@ def test_spoken_turn_speculates_at_the_pause_and_paces_the_audio() -> None:
 
 def test_pause_then_resume_discards_the_speculation_and_hears_the_whole_utterance() -> None:
     stages = FakeStages()
-
-    async def main() -> Client:
-        c = Client(gateway(stages), turn_detection=pb.TurnDetection(pause_ms=150, endpoint_ms=800, speculative=True))
-        await c.speak(np.concatenate([silence(300), tone(600), silence(400), tone(600), silence(1500)]))
-        await c.wait_turns(1)
-        await c.close()
-        return c
-
-    c = run_virtual(main)
+    speech = np.concatenate([silence(300), tone(600), silence(400), tone(600), silence(1500)])
+    c = one_spoken_turn(gateway(stages), speech,
+                        turn_detection=pb.TurnDetection(pause_ms=150, endpoint_ms=800, speculative=True))
     [done] = c.of("turn_completed")
     assert done.speculative_discards == 1 and done.wasted_ms > 0
     assert done.user_text == "heard 1200 ms"  # both halves
@@ -153,15 +152,8 @@ def test_pause_then_resume_discards_the_speculation_and_hears_the_whole_utteranc
 def test_partials_have_the_llm_read_the_prompt_while_the_user_speaks(prefill: bool) -> None:
     stages = FakeStages()
     stages.asr_partials = True
-
-    async def main() -> Client:
-        c = Client(gateway(stages, llm_prefill_partials=prefill, partial_interval_ms=400))
-        await c.speak(np.concatenate([silence(300), tone(1500), silence(1500)]))
-        await c.wait_turns(1)
-        await c.close()
-        return c
-
-    c = run_virtual(main)
+    c = one_spoken_turn(gateway(stages, llm_prefill_partials=prefill, partial_interval_ms=400),
+                        np.concatenate([silence(300), tone(1500), silence(1500)]))
     [done] = c.of("turn_completed")
     assert done.outcome == pb.TURN_OUTCOME_COMPLETED and done.user_text == "heard 1500 ms"
     users = [(r.sampling.max_tokens, r.messages[-1].content[0].text) for r in stages.llm_requests]
